@@ -79,8 +79,10 @@ def _format_errors(source: str, data: dict[str, Any], err: ValidationError) -> s
             lines.append(f"  {key}: unknown key (value {_lookup(data, loc)!r})")
         elif e["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
+        elif isinstance(value := _lookup(data, loc), dict):  # a cross-field check: its message names the keys
+            lines.append(f"  {key}: {e['msg']}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {_lookup(data, loc)!r})")
+            lines.append(f"  {key}: {e['msg']} (got {value!r})")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.params.base import Section
 
@@ -33,3 +33,9 @@ class DatasetParams(Section):
         description="base: only the first ceil(n/2) classes have training images (base-to-new); "
         "all: every class does (cross-dataset source, GZSL seen classes)",
     )
+
+    @model_validator(mode="after")
+    def _known_coop_name(self) -> "DatasetParams":
+        if self.kind == "coop" and self.name not in COOP_DATASETS:
+            raise ValueError(f"dataset.name {self.name!r} is not a CoOp dataset; use one of {', '.join(COOP_DATASETS)}")
+        return self

@@ -12,6 +12,12 @@ class DemoWorldParams(Section):
     train_per_class: int = Field(default=32, ge=1)
     val_per_class: int = Field(default=8, ge=1)
     test_per_class: int = Field(default=30, ge=1)
+    shift: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        description="strength of the web -> benchmark domain shift (texture, lighting, blur, noise, clutter)",
+    )
 
 
 class DemoBackboneParams(Section):

@@ -1,0 +1,33 @@
+# Two commands a newcomer needs: `make repro` (run the DAG) and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: repro test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned to the builds this workplace serves from local disk.
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+repro: $(STAMP)
+	test -d .dvc || $(BIN)/dvc init --quiet
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/ruff check pipeline stages tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline stages tests benchmarks
+	$(BIN)/ruff format --check pipeline stages tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cached_vs_reference.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,178 @@
+"""One factory for the frozen CLIP: resolves an open_clip architecture name plus a pretrained tag or a local
+checkpoint file, and says exactly which weights were used (`weights_id`) so every cache can be keyed to them.
+
+Offline machines are the norm here, so a tag whose weights are neither cached nor reachable fails within
+seconds with instructions, instead of open_clip's download retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from pipeline.params import BackboneParams
+from pipeline.text_tower import TextTower
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_registered = False
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be built as the params ask; the message says what to change."""
+
+
+def register_model_configs() -> None:
+    """Make the project's own architecture configs (the demo backbone) known to open_clip by name."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BackboneError("backbone.device is 'cuda' but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_tag_file(cfg: dict[str, Any], cache_dir: str | None) -> str | None:
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub is an open_clip dependency
+        return None
+    repo_id, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    for name in [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights come from: `pretrained` is what to hand open_clip, `weights_id` what to record."""
+
+    pretrained: str
+    weights_id: str
+
+
+def resolve_weights(params: BackboneParams) -> WeightsSource:
+    """Check the params name weights that can be had, cheaply and without hanging. Raises BackboneError."""
+    register_model_configs()
+    if params.model not in open_clip.list_models():
+        raise BackboneError(
+            f"backbone.model {params.model!r} is not an open_clip architecture "
+            f"(see open_clip.list_models(), e.g. ViT-B-16, RN50, ship-demo-vit)"
+        )
+    how_to = (
+        "To use local weights, download an open_clip checkpoint file on a machine with internet and set "
+        f"backbone.pretrained to its path (e.g. dvc exp run -S backbone.pretrained=/path/to/{params.model}.pt)."
+    )
+    path = Path(params.pretrained).expanduser()
+    if path.is_file():
+        return WeightsSource(str(path), f"sha256:{file_sha256(path)}")
+    tags = open_clip.list_pretrained_tags_by_model(params.model)
+    looks_like_path = "/" in params.pretrained or params.pretrained.endswith(CHECKPOINT_SUFFIXES)
+    if looks_like_path or params.pretrained not in tags:
+        what = "checkpoint file not found" if looks_like_path else "unknown pretrained tag"
+        known = ", ".join(tags) if tags else "none"
+        raise BackboneError(
+            f"backbone.pretrained {params.pretrained!r}: {what} (known tags for {params.model}: {known}). {how_to}"
+        )
+    cfg = open_clip.get_pretrained_cfg(params.model, params.pretrained)
+    if cached := _cached_tag_file(cfg, params.cache_dir):
+        return WeightsSource(cached, f"tag:{params.model}/{params.pretrained}")
+    if not _hub_reachable():
+        raise BackboneError(
+            f"weights for {params.model}/{params.pretrained} are not cached and huggingface.co cannot be reached "
+            f"(offline?). {how_to}"
+        )
+    return WeightsSource(params.pretrained, f"tag:{params.model}/{params.pretrained}")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The frozen CLIP and what belongs with it: eval preprocessing, tokenizer, and the identity of both."""
+
+    name: str
+    weights_id: str
+    model: nn.Module
+    preprocess: Any  # torchvision transform: PIL image -> normalised tensor (eval: resize + centre crop)
+    tokenizer: Any
+    preprocess_cfg: dict[str, Any]
+    device: torch.device
+
+    @property
+    def image_size(self) -> int:
+        size = self.preprocess_cfg["size"]
+        return int(size if isinstance(size, int) else size[0])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else -1
+
+    def text_tower(self) -> TextTower:
+        return TextTower(self.model, self.tokenizer)
+
+    def identity(self) -> dict[str, Any]:
+        """What a feature store records so that later stages can refuse features of another backbone."""
+        return {"model": self.name, "weights_id": self.weights_id, "preprocess": self.preprocess_cfg}
+
+
+def load_backbone(params: BackboneParams, device: torch.device | None = None) -> Backbone:
+    source = resolve_weights(params)
+    device = device or resolve_device(params.device)
+    log.info("loading backbone %s (%s) on %s", params.model, source.weights_id, device)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            params.model, pretrained=source.pretrained, device=device, cache_dir=params.cache_dir
+        )
+    except (RuntimeError, OSError, KeyError, ValueError) as err:
+        raise BackboneError(
+            f"could not load weights {params.pretrained!r} into {params.model}: {err}. Is the checkpoint an "
+            f"open_clip checkpoint of this architecture? (OpenAI weights need the '-quickgelu' variant name.)"
+        ) from err
+    model.eval().requires_grad_(False)
+    cfg = dict(model.visual.preprocess_cfg)
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    return Backbone(
+        name=params.model,
+        weights_id=source.weights_id,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(params.model),
+        preprocess_cfg=cfg,
+        device=device,
+    )
