@@ -70,9 +70,9 @@ def demo_world(
 
     Runs only when the params use the demo (dataset.kind=demo, or the demo backbone, which is pre-trained on
     it); otherwise writes a marker saying it was not needed."""
+    p = _params(params, overrides)
     from stages import demo_world as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, out))
 
 
@@ -89,9 +89,9 @@ def demo_backbone(
 
     Runs only when backbone.pretrained points into OUT (the default params); with real weights it writes a
     marker and does nothing else."""
+    p = _params(params, overrides)
     from stages import demo_backbone as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, world, out))
 
 
@@ -103,9 +103,9 @@ def extract(
 ) -> None:
     """Encode every split (train: clean + augmented views; val; test) with the frozen image encoder into a
     Zarr store, with the zero-shot text classifier. Atomic; a killed run resumes from its last block."""
+    p = _params(params, overrides)
     from stages import extract as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, out))
 
 
@@ -123,9 +123,9 @@ def train_generator(
 ) -> None:
     """Train the SHIP generator (VAE with CLIP's frozen text tower as decoder) on cached features only.
     The epoch kept is the one with the lowest validation loss."""
+    p = _params(params, overrides)
     from stages import train_generator as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, features, out, curve))
 
 
@@ -143,9 +143,9 @@ def synthesize(
     ),
 ) -> None:
     """Synthesize features for every label-only class (z ~ N(0, I), seeded) and score their quality."""
+    p = _params(params, overrides)
     from stages import synthesize as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, features, generator, out, metrics))
 
 
@@ -164,9 +164,9 @@ def finetune(
 ) -> None:
     """Fine-tune every method in finetune.methods for every seed on cached (and synthetic) features;
     select on validation data only; evaluate base-to-new, joint label space and optional transfer."""
+    p = _params(params, overrides)
     from stages import finetune as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, features, synthetic, results, metrics))
 
 
@@ -180,9 +180,9 @@ def report(
     out: Annotated[Path, typer.Option(help="directory for the Markdown table and plot data")] = Path("reports"),
 ) -> None:
     """Render the paper-style table (methods x base/new/H) and plot data from the metrics."""
+    p = _params(params, overrides)
     from stages import report as stage
 
-    p = _params(params, overrides)
     _run(lambda: stage.run(p, metrics, generator_metrics, results, out))
 
 

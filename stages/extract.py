@@ -15,9 +15,9 @@ log = logging.getLogger(__name__)
 
 
 def run(params: Params, out: Path) -> None:
+    backbone = load_backbone(params.backbone)  # first: unusable weights fail within seconds
     dataset = load_dataset(params.dataset)
     protocol = build_protocol_splits(dataset, params.dataset)
-    backbone = load_backbone(params.backbone)
     plan = plan_extraction(dataset, protocol, params.dataset, params.extract, backbone)
     log.info(
         "extracting %s: %d classes; train %d images x (1 + %d views), val %d, test %d",

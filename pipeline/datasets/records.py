@@ -23,3 +23,7 @@ class DatasetSplits:
     val: list[ImageRecord]
     test: list[ImageRecord]
     meta: dict[str, str] = field(default_factory=dict)  # e.g. the split file used, for store metadata
+
+
+class DatasetError(ValueError):
+    """A dataset on disk does not match its layout; the message names the file or folder and the entry."""
