@@ -146,6 +146,11 @@ class Backbone:
     def text_tower(self) -> TextTower:
         return TextTower(self.model, self.tokenizer)
 
+    @property
+    def key(self) -> str:
+        """Short identity for checkpoints trained on this backbone's features."""
+        return f"{self.name}|{self.weights_id}"
+
     def identity(self) -> dict[str, Any]:
         """What a feature store records so that later stages can refuse features of another backbone."""
         return {"model": self.name, "weights_id": self.weights_id, "preprocess": self.preprocess_cfg}

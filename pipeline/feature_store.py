@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import zarr
 
+from pipeline.atomic_files import replace_dir, write_text_atomic
 from pipeline.features import LabeledFeatures, TaskFeatures
 
 STORE_FORMAT = 1
@@ -36,24 +37,6 @@ CHUNK_ROWS = 256
 
 class StoreError(RuntimeError):
     """A store is missing, incomplete, of another format, or made for another backbone."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished directory into place; an existing `dst` is swapped out first, then deleted."""
-    trash = dst.with_name(dst.name + ".old")
-    if trash.exists():
-        shutil.rmtree(trash)
-    if dst.exists():
-        os.replace(dst, trash)
-    os.replace(src, dst)
-    if trash.exists():
-        shutil.rmtree(trash)
 
 
 def partial_path(path: Path) -> Path:
@@ -84,7 +67,7 @@ class StoreBuilder:
         self.group = zarr.open_group(str(self.partial), mode="a", zarr_format=3)
 
     def _save_progress(self) -> None:
-        _atomic_write_text(self._progress_file, json.dumps({"fingerprint": self.fingerprint, "blocks": self.progress}))
+        write_text_atomic(self._progress_file, json.dumps({"fingerprint": self.fingerprint, "blocks": self.progress}))
 
     def create_split(self, name: str, rows: int, feature_shape: tuple[int, ...]) -> None:
         """Create (or, when resuming, reuse) the arrays of one split."""

@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from pipeline.atomic_files import replace_dir
 from pipeline.demo.pretrain import pretrain_backbone
-from pipeline.feature_store import replace_dir
 from pipeline.params import Params
 from stages.demo_world import demo_backbone_in_use, write_marker
 

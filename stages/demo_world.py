@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline.atomic_files import replace_dir
 from pipeline.demo.world import generate_world
-from pipeline.feature_store import replace_dir
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)

@@ -21,3 +21,4 @@ class GeneratorParams(Section):
 class SynthesizeParams(Section):
     per_class: int = Field(default=200, ge=1, description="synthetic features per label-only class")
     seed: int = 1
+    batch_size: int = Field(default=1024, ge=1, description="latents decoded per text-tower pass")

@@ -1,0 +1,75 @@
+"""Synthetic features: determinism, shapes, and the two quality checks against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.features import LabeledFeatures
+from pipeline.generator import GeneratorConfig, ShipGenerator
+from pipeline.synthesis import synthesize_features, synthetic_real_cosine, synthetic_zeroshot_accuracy
+from pipeline.text_tower import TextTower
+
+NAMES = ["cat", "dog", "red car", "tree", "sailing boat", "apple"]
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_tower: TextTower) -> ShipGenerator:
+    torch.manual_seed(0)
+    return ShipGenerator(tiny_tower, NAMES, GeneratorConfig(32, tiny_tower.width, 2, 64, 64)).eval()
+
+
+def test_synthesis_shapes_labels_unit_norm(generator: ShipGenerator):
+    out = synthesize_features(generator, [5, 1, 3], per_class=4, seed=0, batch_size=5)
+    assert out.features.shape == (12, 32) and out.features.dtype == torch.float32
+    assert out.labels.tolist() == [5] * 4 + [1] * 4 + [3] * 4
+    torch.testing.assert_close(out.features.norm(dim=-1), torch.ones(12))
+    empty = synthesize_features(generator, [], per_class=4, seed=0)
+    assert empty.features.shape == (0, 32) and len(empty) == 0
+    with pytest.raises(IndexError):
+        synthesize_features(generator, [6], per_class=1, seed=0)
+
+
+def test_synthesis_is_deterministic_per_seed(generator: ShipGenerator):
+    a = synthesize_features(generator, [0, 2], per_class=3, seed=7)
+    b = synthesize_features(generator, [0, 2], per_class=3, seed=7, batch_size=2)
+    c = synthesize_features(generator, [0, 2], per_class=3, seed=8)
+    torch.testing.assert_close(a.features, b.features, atol=1e-6, rtol=0)
+    assert not torch.allclose(a.features, c.features)
+    # A class's features depend on the seed only, not on which other classes are requested.
+    alone = synthesize_features(generator, [2], per_class=3, seed=7)
+    torch.testing.assert_close(a.features[3:], alone.features, atol=1e-6, rtol=0)
+
+
+def test_zeroshot_accuracy_by_hand():
+    clf = torch.eye(3)
+    feats = torch.tensor(
+        [
+            [1.0, 0.0, 0.0],  # label 0 -> 0 (right)
+            [0.3, 0.9, 0.1],  # label 0 -> 1 over all classes (wrong), -> 0 among {0, 2} (right)
+            [0.0, 1.0, 0.0],  # label 1 -> 1 (right)
+            [0.6, 0.0, 0.8],  # label 2 -> 2 (right)
+        ]
+    )
+    synthetic = LabeledFeatures(feats, torch.tensor([0, 0, 1, 2]))
+    assert synthetic_zeroshot_accuracy(synthetic, clf) == pytest.approx(75.0)
+    subset = LabeledFeatures(feats[[0, 1, 3]], torch.tensor([0, 0, 2]))
+    assert synthetic_zeroshot_accuracy(subset, clf, classes=[0, 2]) == pytest.approx(100.0)
+    assert synthetic_zeroshot_accuracy(subset, clf) == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match=r"\[1\]"):
+        synthetic_zeroshot_accuracy(synthetic, clf, classes=[0, 2])
+
+
+def test_synthetic_real_cosine_by_hand():
+    synthetic = LabeledFeatures(
+        torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 0, 1, 2])
+    )
+    # Real features with two cached views: only view 0 (clean) counts.
+    clean = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, 1.0]])
+    views = torch.stack([clean, F.normalize(torch.ones(4, 2), dim=-1)], dim=1)
+    real = LabeledFeatures(views, torch.tensor([0, 1, 1, 3]))
+    # class 0: pairs (1,0)x(1,0)=1, (0,1)x(1,0)=0 -> 0.5; class 1: (0,1)x{(0,1),(0.6,0.8)} -> 0.9; 2, 3 unshared
+    assert synthetic_real_cosine(synthetic, real) == pytest.approx((0.5 + 0.9) / 2)
+    with pytest.raises(ValueError, match="no class"):
+        synthetic_real_cosine(synthetic, LabeledFeatures(clean[:1], torch.tensor([4])))
