@@ -38,7 +38,9 @@ class LabeledFeatures:
         return self.features.dim() == 3
 
     def of_classes(self, classes: Sequence[int]) -> LabeledFeatures:
-        mask = torch.isin(self.labels, torch.as_tensor(list(classes), dtype=self.labels.dtype))
+        mask = torch.isin(
+            self.labels, torch.as_tensor(list(classes), dtype=self.labels.dtype, device=self.labels.device)
+        )
         return LabeledFeatures(self.features[mask], self.labels[mask])
 
     def clean(self) -> LabeledFeatures:

@@ -1,0 +1,35 @@
+"""Zero-shot CLIP: the template-ensemble text classifier, nothing trained."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.adapters.base import Adapter, ClassSet, EpochCallback, FitResult, Scorer, local_labels, val_accuracy
+from pipeline.features import TaskFeatures
+from pipeline.text_tower import TextTower
+
+
+class ZeroShot(Adapter):
+    """logits = scale * f W_text^T, for the task's classes and for foreign ones alike.
+
+    `fit` trains nothing; it only records the validation accuracy (one curve row, epoch 0).
+    """
+
+    name = "zeroshot"
+
+    def __init__(self, logit_scale: float = 100.0):
+        super().__init__(use_synthetic=False)
+        self.logit_scale = logit_scale
+
+    def _fit(self, task: TaskFeatures, tower: TextTower, seed: int, on_epoch: EpochCallback | None) -> FitResult:
+        weights = task.text_classifier[self.label_space].to(self.device, torch.float32)
+        labels = local_labels(task.val.labels.to(self.device), self.label_space, len(task.classnames))
+        val = task.val.features.to(self.device, torch.float32)
+        acc = val_accuracy(lambda f: self.logit_scale * f @ weights.T, val, labels)
+        if on_epoch is not None:
+            on_epoch(0, 0)
+        return FitResult(curve=[{"epoch": 0, "train_loss": None, "val_acc": acc}], best_epoch=0, best_val_acc=acc)
+
+    def _scorer(self, target: ClassSet, own: bool) -> Scorer:
+        weights = target.text_classifier.to(self.device, torch.float32)
+        return lambda f: self.logit_scale * f @ weights.T
