@@ -22,4 +22,5 @@ def run(params: Params, metrics: Path, generator_metrics: Path, results: Path, o
     title = f"SHIP on {params.dataset.name} ({params.backbone.model}, {params.dataset.shots} shots)"
     table = render_table(finetune, generator, n_seeds=seeds, title=title)
     write_text_atomic(out / "table.md", table)
-    log.info("wrote %s\n%s", out / "table.md", table)
+    log.info("wrote %s", out / "table.md")
+    print(table)
