@@ -54,7 +54,13 @@ def _ran(output: str) -> set[str]:
 @pytest.mark.slow
 def test_dvc_repro_runs_skips_and_reruns_only_what_changed(tmp_path):
     repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for rel in files.split():
         if (ROOT / rel).is_file():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
