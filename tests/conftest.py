@@ -14,6 +14,15 @@ TINY_MODEL = "test-tiny-vit"
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tiny matmuls: intra-op threads only contend on a loaded 2-core machine (CoOp tests ran ~100x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip() -> torch.nn.Module:
     torch.manual_seed(0)

@@ -26,15 +26,6 @@ FAST = FinetuneParams(
 PROMPT_NAMES = ["apple", "bridge", "cat", "desk", "eagle", "forest"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: intra-op threads only contend (100x slower on a loaded 2-core machine), so run single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sample(
     proto: torch.Tensor, classes: list[int], n: int, noise: float, g: torch.Generator, views: int = 0
 ) -> LabeledFeatures:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
 
 from pipeline.adapters import ClassSet
 from pipeline.evaluation import TransferTask
@@ -24,15 +23,6 @@ PARAMS = FAST.model_copy(
         "tip_adapter_f": TipAdapterFParams(epochs=3, batch_size=8),
     }
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: intra-op threads only contend on a loaded 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.features import LabeledFeatures, TaskFeatures
+from pipeline.params.finetune import DasslSGDParams
 from pipeline.text_tower import TextTower
 
 log = logging.getLogger(__name__)
@@ -287,3 +288,24 @@ def train(
     module.load_state_dict(best_state)
     module.eval()
     return FitResult(curve=curve, best_epoch=best_epoch, best_val_acc=best_acc)
+
+
+def train_dassl_sgd(
+    module: nn.Module,
+    forward: Scorer,
+    params: DasslSGDParams,
+    data: TrainingData,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """`train` with CoOp's Dassl recipe (SGD + constant warm-up + per-epoch cosine), as CoOp and CLIP-Adapter use."""
+    p = params
+    optimizer = torch.optim.SGD(module.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    return train(
+        module,
+        forward,
+        optimizer,
+        lambda epoch, _step: dassl_lr(epoch, p.epochs, p.lr, p.warmup_epochs, p.warmup_lr),
+        data,
+        p.epochs,
+        on_epoch,
+    )

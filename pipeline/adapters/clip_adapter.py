@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.adapters.base import Adapter, ClassSet, EpochCallback, FitResult, Scorer, TrainingData, dassl_lr, train
+from pipeline.adapters.base import Adapter, ClassSet, EpochCallback, FitResult, Scorer, TrainingData, train_dassl_sgd
 from pipeline.features import TaskFeatures
 from pipeline.params.finetune import ClipAdapterParams
 from pipeline.text_tower import TextTower
@@ -68,18 +68,7 @@ class ClipAdapter(Adapter):
             return p.logit_scale * self.adapter(features) @ weights.T
 
         data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
-        optimizer = torch.optim.SGD(
-            self.adapter.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-        )
-        return train(
-            self.adapter,
-            forward,
-            optimizer,
-            lambda epoch, _step: dassl_lr(epoch, p.epochs, p.lr, p.warmup_epochs, p.warmup_lr),
-            data,
-            p.epochs,
-            on_epoch,
-        )
+        return train_dassl_sgd(self.adapter, forward, p, data, on_epoch)
 
     def _scorer(self, target: ClassSet, own: bool) -> Scorer:
         assert self.adapter is not None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pipeline.adapters.base import Adapter, ClassSet, EpochCallback, FitResult, Scorer, TrainingData, dassl_lr, train
+from pipeline.adapters.base import Adapter, ClassSet, EpochCallback, FitResult, Scorer, TrainingData, train_dassl_sgd
 from pipeline.features import TaskFeatures
 from pipeline.params.finetune import CoOpParams
 from pipeline.text_tower import TextTower
@@ -60,18 +60,7 @@ class CoOp(Adapter):
             return p.logit_scale * features @ text.T
 
         data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
-        optimizer = torch.optim.SGD(
-            self.context.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-        )
-        result = train(
-            self.context,
-            forward,
-            optimizer,
-            lambda epoch, _step: dassl_lr(epoch, p.epochs, p.lr, p.warmup_epochs, p.warmup_lr),
-            data,
-            p.epochs,
-            on_epoch,
-        )
+        result = train_dassl_sgd(self.context, forward, p, data, on_epoch)
         self._own_text = self.text_features(task.classnames)
         return result
 

@@ -1,4 +1,4 @@
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -15,15 +15,9 @@ Method = Literal[
 ]
 
 
-class CoOpParams(Section):
-    """CoOp (Zhou et al., IJCV 2022) as run by CoOp's Dassl config: SGD, one constant-lr warm-up epoch, cosine.
+class DasslSGDParams(Section):
+    """CoOp's Dassl optimisation recipe, shared by CoOp and CLIP-Adapter: SGD, a constant-lr warm-up, cosine."""
 
-    The learning-rate schedule is per epoch, as in Dassl. Epochs and batch size count real training images; with
-    SHIP every batch also carries as many synthetic features.
-    """
-
-    n_ctx: int = Field(default=4, ge=1)
-    ctx_init: str = Field(default="a photo of a", description="must tokenize to exactly n_ctx tokens")
     lr: float = Field(default=2e-3, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=5e-4, ge=0.0)
@@ -34,7 +28,18 @@ class CoOpParams(Section):
     logit_scale: float = Field(default=100.0, gt=0.0)
 
 
-class ClipAdapterParams(Section):
+class CoOpParams(DasslSGDParams):
+    """CoOp (Zhou et al., IJCV 2022) as run by CoOp's Dassl config: SGD, one constant-lr warm-up epoch, cosine.
+
+    The learning-rate schedule is per epoch, as in Dassl. Epochs and batch size count real training images; with
+    SHIP every batch also carries as many synthetic features.
+    """
+
+    n_ctx: int = Field(default=4, ge=1)
+    ctx_init: str = Field(default="a photo of a", description="must tokenize to exactly n_ctx tokens")
+
+
+class ClipAdapterParams(DasslSGDParams):
     """CLIP-Adapter (Gao et al., IJCV 2023), visual adapter: 2-layer bottleneck MLP, residual blend ratio 0.2.
 
     Paper/released trainer: reduction 4, ratio 0.2 for generic datasets, batch 32, 200 epochs, built on CoOp's
@@ -43,14 +48,7 @@ class ClipAdapterParams(Section):
 
     reduction: int = Field(default=4, ge=1)
     ratio: float = Field(default=0.2, ge=0.0, le=1.0, description="residual blend of adapted features")
-    lr: float = Field(default=2e-3, gt=0.0)
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=5e-4, ge=0.0)
-    warmup_epochs: int = Field(default=1, ge=0)
-    warmup_lr: float = Field(default=1e-5, gt=0.0)
     epochs: int = Field(default=200, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    logit_scale: float = Field(default=100.0, gt=0.0)
 
 
 class TipAdapterFParams(Section):
@@ -79,15 +77,7 @@ class TipAdapterFParams(Section):
 
 
 class FinetuneParams(Section):
-    methods: tuple[Method, ...] = (
-        "zeroshot",
-        "coop",
-        "coop_ship",
-        "clip_adapter",
-        "clip_adapter_ship",
-        "tip_adapter_f",
-        "tip_adapter_f_ship",
-    )
+    methods: tuple[Method, ...] = Field(default=get_args(Method), min_length=1)
     seeds: tuple[int, ...] = Field(default=(1, 2, 3), min_length=1)
     transfer_stores: tuple[str, ...] = Field(
         default=(), description="feature stores of other datasets to evaluate on (cross-dataset transfer)"
