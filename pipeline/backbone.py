@@ -94,7 +94,7 @@ def resolve_weights(params: BackboneParams) -> WeightsSource:
     if params.model not in open_clip.list_models():
         raise BackboneError(
             f"backbone.model {params.model!r} is not an open_clip architecture "
-            f"(see open_clip.list_models(), e.g. ViT-B-16, RN50, ship-demo-vit)"
+            f"(see open_clip.list_models(), e.g. ViT-B-16, RN50, ship-demo-rn)"
         )
     how_to = (
         "To use local weights, download an open_clip checkpoint file on a machine with internet and set "
