@@ -153,7 +153,12 @@ class Backbone:
 
     def identity(self) -> dict[str, Any]:
         """What a feature store records so that later stages can refuse features of another backbone."""
-        return {"model": self.name, "weights_id": self.weights_id, "preprocess": self.preprocess_cfg}
+        return {
+            "model": self.name,
+            "weights_id": self.weights_id,
+            "preprocess": self.preprocess_cfg,
+            "logit_scale": float(self.model.logit_scale.exp().item()),
+        }
 
 
 def load_backbone(params: BackboneParams, device: torch.device | None = None) -> Backbone:

@@ -187,4 +187,5 @@ class FeatureStore:
             val=self.split("val"),
             test=self.split("test"),
             synthetic=synthetic,
+            logit_scale=float(self.meta["backbone"].get("logit_scale", 100.0)),
         )

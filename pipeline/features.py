@@ -76,3 +76,4 @@ class TaskFeatures:
     val: LabeledFeatures
     test: LabeledFeatures
     synthetic: LabeledFeatures | None = None
+    logit_scale: float = 100.0  # the backbone's learned temperature, exp(logit_scale); 100 for OpenAI CLIP

@@ -205,7 +205,7 @@ def test_transfer_to_a_foreign_class_set(tiny_tower: TextTower):
     assert not torch.allclose(ada.logits(feats, target=target), zs.logits(feats, target=target))
     coop, _ = fitted("coop", prompt_task(tiny_tower), tiny_tower)
     assert isinstance(coop, CoOp)
-    expected = coop.params.logit_scale * feats @ coop.text_features(target.classnames).T
+    expected = coop.logit_scale * feats @ coop.text_features(target.classnames).T
     torch.testing.assert_close(coop.logits(feats, target=target), expected)
 
 
@@ -220,3 +220,13 @@ def test_build_adapter():
         build_adapter("zeroshot_ship", FAST)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="fit"):
         build_adapter("coop", FAST).logits(torch.zeros(1, 32))
+
+
+def test_logit_scale_defaults_to_the_backbones_and_params_override_it(tiny_tower):
+    task = replace(vector_task(), logit_scale=18.5)
+    own, _ = fitted("clip_adapter", task, tiny_tower)
+    assert own.logit_scale == 18.5
+    params = FinetuneParams(clip_adapter=ClipAdapterParams(epochs=2, logit_scale=50.0))
+    fixed = build_adapter("clip_adapter", params)
+    fixed.fit(task, tiny_tower, seed=1)
+    assert fixed.logit_scale == 50.0

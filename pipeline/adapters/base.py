@@ -78,6 +78,7 @@ class Adapter(ABC):
         self.classes: ClassSet | None = None  # the fitted task's classes
         self.label_space: list[int] = []  # global class indices trained on
         self.device = torch.device("cpu")
+        self.logit_scale = 100.0  # set from the params or the task in fit()
 
     @property
     def method(self) -> str:
@@ -91,6 +92,10 @@ class Adapter(ABC):
         self.classes = ClassSet.of_task(task)
         self.label_space = training_label_space(task, self.use_synthetic)
         self.device = tower.device
+        # CoOp's code scales logits by the backbone's own learned temperature (100 for OpenAI's CLIP); a method's
+        # params may override it.
+        configured = getattr(getattr(self, "params", None), "logit_scale", None)
+        self.logit_scale = float(configured if configured is not None else task.logit_scale)
         result = self._fit(task, tower, seed, on_epoch)
         log.info("%s seed %d: best epoch %d, val acc %.2f", self.method, seed, result.best_epoch, result.best_val_acc)
         return result

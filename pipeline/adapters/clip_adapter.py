@@ -65,7 +65,7 @@ class ClipAdapter(Adapter):
         weights = task.text_classifier[self.label_space].to(self.device, torch.float32)
 
         def forward(features: torch.Tensor) -> torch.Tensor:
-            return p.logit_scale * self.adapter(features) @ weights.T
+            return self.logit_scale * self.adapter(features) @ weights.T
 
         data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
         return train_dassl_sgd(self.adapter, forward, p, data, on_epoch)
@@ -73,4 +73,4 @@ class ClipAdapter(Adapter):
     def _scorer(self, target: ClassSet, own: bool) -> Scorer:
         assert self.adapter is not None
         weights = target.text_classifier.to(self.device, torch.float32)
-        return lambda f: self.params.logit_scale * self.adapter(f) @ weights.T
+        return lambda f: self.logit_scale * self.adapter(f) @ weights.T

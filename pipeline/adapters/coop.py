@@ -57,7 +57,7 @@ class CoOp(Adapter):
 
         def forward(features: torch.Tensor) -> torch.Tensor:
             text = tower.encode_embeddings(tower.splice_context(prompts, self.context.ctx), eot)
-            return p.logit_scale * features @ text.T
+            return self.logit_scale * features @ text.T
 
         data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
         result = train_dassl_sgd(self.context, forward, p, data, on_epoch)
@@ -77,4 +77,4 @@ class CoOp(Adapter):
     def _scorer(self, target: ClassSet, own: bool) -> Scorer:
         text = self._own_text if own else self.text_features(target.classnames)
         assert text is not None
-        return lambda f: self.params.logit_scale * f @ text.T
+        return lambda f: self.logit_scale * f @ text.T

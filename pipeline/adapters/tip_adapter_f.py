@@ -89,7 +89,7 @@ class TipAdapterF(Adapter):
         weights = task.text_classifier[self.label_space].to(self.device, torch.float32)
 
         def forward(features: torch.Tensor) -> torch.Tensor:
-            text = p.logit_scale * features @ weights.T
+            text = self.logit_scale * features @ weights.T
             return text + self.alpha * self._cache_logits(features, values, self.beta)
 
         data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
@@ -110,7 +110,7 @@ class TipAdapterF(Adapter):
         val_labels = local_labels(task.val.labels.to(self.device), self.label_space, len(task.classnames))
         best_acc = result.best_val_acc
         with torch.no_grad():
-            text = p.logit_scale * val @ weights.T
+            text = self.logit_scale * val @ weights.T
             for beta in p.search_beta:
                 cache = self._cache_logits(val, values, beta)
                 for alpha in p.search_alpha:
@@ -123,7 +123,7 @@ class TipAdapterF(Adapter):
     def _scorer(self, target: ClassSet, own: bool) -> Scorer:
         weights = target.text_classifier.to(self.device, torch.float32)
         if not own:
-            return lambda f: self.params.logit_scale * f @ weights.T
+            return lambda f: self.logit_scale * f @ weights.T
         assert self.values is not None
         values = self.values
-        return lambda f: self.params.logit_scale * f @ weights.T + self.alpha * self._cache_logits(f, values, self.beta)
+        return lambda f: self.logit_scale * f @ weights.T + self.alpha * self._cache_logits(f, values, self.beta)

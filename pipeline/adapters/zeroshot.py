@@ -17,9 +17,8 @@ class ZeroShot(Adapter):
 
     name = "zeroshot"
 
-    def __init__(self, logit_scale: float = 100.0):
+    def __init__(self) -> None:
         super().__init__(use_synthetic=False)
-        self.logit_scale = logit_scale
 
     def _fit(self, task: TaskFeatures, tower: TextTower, seed: int, on_epoch: EpochCallback | None) -> FitResult:
         weights = task.text_classifier[self.label_space].to(self.device, torch.float32)

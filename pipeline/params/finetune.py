@@ -25,7 +25,9 @@ class DasslSGDParams(Section):
     warmup_lr: float = Field(default=1e-5, gt=0.0)
     epochs: int = Field(default=50, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    logit_scale: float = Field(default=100.0, gt=0.0)
+    logit_scale: float | None = Field(
+        default=None, gt=0.0, description="None: the backbone's own learned logit scale (100 for OpenAI CLIP)"
+    )
 
 
 class CoOpParams(DasslSGDParams):
@@ -67,7 +69,9 @@ class TipAdapterFParams(Section):
     weight_decay: float = Field(default=0.01, ge=0.0)
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=256, ge=1)
-    logit_scale: float = Field(default=100.0, gt=0.0)
+    logit_scale: float | None = Field(
+        default=None, gt=0.0, description="None: the backbone's own learned logit scale (100 for OpenAI CLIP)"
+    )
     synthetic_cache_per_class: int | None = Field(
         default=None,
         ge=1,
