@@ -161,13 +161,16 @@ def finetune(
         "results"
     ),
     metrics: Annotated[Path, typer.Option(help="fine-tuning metrics (DVC metrics)")] = Path("metrics/finetune.json"),
+    plots: Annotated[Path, typer.Option(help="directory for per-method curve and per-class CSVs (DVC plots)")] = Path(
+        "plots"
+    ),
 ) -> None:
     """Fine-tune every method in finetune.methods for every seed on cached (and synthetic) features;
     select on validation data only; evaluate base-to-new, joint label space and optional transfer."""
     p = _params(params, overrides)
     from stages import finetune as stage
 
-    _run(lambda: stage.run(p, features, synthetic, results, metrics))
+    _run(lambda: stage.run(p, features, synthetic, results, metrics, plots))
 
 
 @app.command()

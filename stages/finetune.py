@@ -37,7 +37,7 @@ def _write_plot_dir(directory: Path, frames: dict[str, pl.DataFrame]) -> None:
         write_text_atomic(directory / f"{method}.csv", frame.write_csv())
 
 
-def run(params: Params, features: Path, synthetic: Path, results: Path, metrics: Path) -> None:
+def run(params: Params, features: Path, synthetic: Path, results: Path, metrics: Path, plots: Path) -> None:
     backbone = load_backbone(params.backbone)
     identity = backbone.identity()
     store = FeatureStore.open(features, identity)
@@ -65,11 +65,11 @@ def run(params: Params, features: Path, synthetic: Path, results: Path, metrics:
         .sort("method", "epoch")
     )
     _write_plot_dir(
-        Path("plots/finetune_val_acc"),
+        plots / "finetune_val_acc",
         {m: mean_curves.filter(pl.col("method") == m).drop("method") for m in params.finetune.methods},
     )
     _write_plot_dir(
-        Path("plots/per_class_acc"),
+        plots / "per_class_acc",
         {m: outcome.per_class.filter(pl.col("method") == m).drop("method") for m in params.finetune.methods},
     )
     summary = outcome.metrics_dict()
