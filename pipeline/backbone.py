@@ -48,11 +48,12 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+def state_digest(model: nn.Module) -> str:
+    """sha256 over the model's tensors in key order: the identity of the weights, whatever file held them."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -85,7 +86,7 @@ class WeightsSource:
     """Where the weights come from: `pretrained` is what to hand open_clip, `weights_id` what to record."""
 
     pretrained: str
-    weights_id: str
+    weights_id: str | None  # None: known only once loaded (a local file)
 
 
 def resolve_weights(params: BackboneParams) -> WeightsSource:
@@ -102,7 +103,9 @@ def resolve_weights(params: BackboneParams) -> WeightsSource:
     )
     path = Path(params.pretrained).expanduser()
     if path.is_file():
-        return WeightsSource(str(path), f"sha256:{file_sha256(path)}")
+        # Identified by the weights loaded from it (`state_digest`), not by the file's bytes: torch.save writes
+        # a random serialization id, so identical weights never give identical files.
+        return WeightsSource(str(path), None)
     tags = open_clip.list_pretrained_tags_by_model(params.model)
     looks_like_path = "/" in params.pretrained or params.pretrained.endswith(CHECKPOINT_SUFFIXES)
     if looks_like_path or params.pretrained not in tags:
@@ -164,7 +167,7 @@ class Backbone:
 def load_backbone(params: BackboneParams, device: torch.device | None = None) -> Backbone:
     source = resolve_weights(params)
     device = device or resolve_device(params.device)
-    log.info("loading backbone %s (%s) on %s", params.model, source.weights_id, device)
+    log.info("loading backbone %s (%s) on %s", params.model, source.weights_id or source.pretrained, device)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             params.model, pretrained=source.pretrained, device=device, cache_dir=params.cache_dir
@@ -175,11 +178,12 @@ def load_backbone(params: BackboneParams, device: torch.device | None = None) ->
             f"open_clip checkpoint of this architecture? (OpenAI weights need the '-quickgelu' variant name.)"
         ) from err
     model.eval().requires_grad_(False)
+    weights_id = source.weights_id or f"state-sha256:{state_digest(model)}"
     cfg = dict(model.visual.preprocess_cfg)
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
     return Backbone(
         name=params.model,
-        weights_id=source.weights_id,
+        weights_id=weights_id,
         model=model,
         preprocess=preprocess,
         tokenizer=open_clip.get_tokenizer(params.model),

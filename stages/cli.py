@@ -81,8 +81,9 @@ def demo_backbone(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
     world: Annotated[Path, typer.Option(help="demo dataset directory (demo-world's output)")] = Path("data/demo/world"),
-    out: Annotated[Path, typer.Option(help="directory the checkpoint and its report go to")] = Path(
-        "data/demo/backbone"
+    out: Annotated[Path, typer.Option(help="directory the checkpoint goes to")] = Path("data/demo/backbone"),
+    metrics: Annotated[Path, typer.Option(help="pre-training figures: zero-shot accuracy, timings")] = Path(
+        "metrics/demo_backbone.json"
     ),
 ) -> None:
     """Pre-train the demo CLIP backbone contrastively on the demo's web domain.
@@ -92,7 +93,7 @@ def demo_backbone(
     p = _params(params, overrides)
     from stages import demo_backbone as stage
 
-    _run(lambda: stage.run(p, world, out))
+    _run(lambda: stage.run(p, world, out, metrics))
 
 
 @app.command()

@@ -24,7 +24,8 @@ def run(params: Params, features: Path, out: Path, curve: Path) -> None:
         task.train, task.val, task.classnames, backbone.text_tower(), params.generator, backbone.device
     )
     outcome.model.save(out, backbone=backbone.key)
-    write_text_atomic(curve, pl.DataFrame(outcome.history).write_csv())
+    # Wall-clock seconds stay in the log: a tracked plot must be the same for the same params and seed.
+    write_text_atomic(curve, pl.DataFrame(outcome.history).drop("seconds", strict=False).write_csv())
     log.info(
         "generator: best epoch %d (val loss %.4f), %.1f steps/s; wrote %s",
         outcome.best_epoch,

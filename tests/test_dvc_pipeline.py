@@ -89,6 +89,7 @@ def test_dvc_repro_runs_skips_and_reruns_only_what_changed(tmp_path):
     assert 0.0 <= generator["synthetic_zeroshot_acc"] <= 100.0
     assert "| CoOp + SHIP |" in (repo / "reports/table.md").read_text()
     assert (repo / "plots/finetune_val_acc/coop_ship.csv").exists()
+    assert json.loads((repo / "metrics/demo_backbone.json").read_text())["demo_backbone"]["trained"] is True
 
     assert _ran(_run(["dvc", "repro"], repo)) == set()  # nothing changed: nothing runs
 

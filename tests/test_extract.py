@@ -47,7 +47,7 @@ def test_store_matches_direct_model_calls(splits, backbone, tmp_path):
     path = _extract(splits, backbone, tmp_path / "f.zarr")
     store = FeatureStore.open(path, backbone.identity())
     assert store.classnames == CLASSNAMES
-    assert store.meta["backbone"]["weights_id"].startswith("sha256:")
+    assert store.meta["backbone"]["weights_id"].startswith("state-sha256:")
     train, test = store.split("train"), store.split("test")
     assert train.features.shape == (12, 3, 32)  # 4 classes x 3 shots, clean + 2 views, embed dim 32
     assert test.features.shape == (8, 32)
@@ -187,3 +187,13 @@ def test_ship_extract_cli_end_to_end_on_an_image_folder(tmp_path, backbone):
         direct = torch.nn.functional.normalize(backbone.model.encode_image(images), dim=-1)
     # the loader sorts classes and files the same way, so rows line up with the sorted paths
     torch.testing.assert_close(test.features, direct, atol=2e-3, rtol=0)
+
+
+def test_weights_identity_follows_the_weights_not_the_file(tmp_path):
+    def identity(path):
+        return load_backbone(BackboneParams(model=TINY_MODEL, pretrained=str(path), device="cpu")).weights_id
+
+    a, b = tiny_checkpoint(tmp_path / "a.pt", seed=0), tiny_checkpoint(tmp_path / "b.pt", seed=0)
+    assert a.read_bytes() != b.read_bytes()  # torch.save embeds a random serialization id
+    assert identity(a) == identity(b)
+    assert identity(tiny_checkpoint(tmp_path / "c.pt", seed=1)) != identity(a)

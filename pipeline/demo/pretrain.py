@@ -261,7 +261,7 @@ def pretrain_backbone(
         loss_value,
     )
 
-    _save_checkpoint(model, params, figures, out_path)
+    _save_checkpoint(model, params, out_path)
     figures["web_fit_top1"] = web_fit_report(model, text, images, world_dir, normalize)
     report = zero_shot_report(model, preprocess, tokenizer, world_dir)
     figures.update({f"zero_shot_{k}": v for k, v in report.items()})
@@ -275,7 +275,7 @@ def pretrain_backbone(
     return figures
 
 
-def _save_checkpoint(model: nn.Module, params: DemoBackboneParams, figures: dict[str, float], out_path: Path) -> None:
+def _save_checkpoint(model: nn.Module, params: DemoBackboneParams, out_path: Path) -> None:
     """An ordinary open_clip checkpoint, written to a temp file and renamed so a crash never leaves half a file."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
@@ -283,8 +283,7 @@ def _save_checkpoint(model: nn.Module, params: DemoBackboneParams, figures: dict
     checkpoint = {
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "model": DEMO_MODEL,
-        "demo_backbone_params": params.model_dump(),
-        "figures": dict(figures),
+        "demo_backbone_params": params.model_dump(),  # no timings: same weights, same content
     }
     try:
         torch.save(checkpoint, tmp)
