@@ -144,7 +144,7 @@ class Backbone:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else -1
+        return int(self.model.visual.output_dim)  # every open_clip image tower records it
 
     def text_tower(self) -> TextTower:
         return TextTower(self.model, self.tokenizer)

@@ -176,13 +176,17 @@ class FeatureStore:
     def array(self, name: str) -> np.ndarray:
         return np.asarray(self.group[name][...])
 
+    def text_classifier(self) -> torch.Tensor:
+        """[C, E] zero-shot template-ensemble classifier, rows L2-normalised."""
+        return torch.from_numpy(self.array("classifier").astype(np.float32))
+
     def task_features(self, synthetic: LabeledFeatures | None = None) -> TaskFeatures:
         return TaskFeatures(
             classnames=self.classnames,
             base=list(self.meta["base_classes"]),
             new=list(self.meta["new_classes"]),
             labeled=list(self.meta["labeled_classes"]),
-            text_classifier=torch.from_numpy(self.array("classifier").astype(np.float32)),
+            text_classifier=self.text_classifier(),
             train=self.split("train"),
             val=self.split("val"),
             test=self.split("test"),

@@ -27,6 +27,10 @@ Overrides = Annotated[
     typer.Option("--set", "-S", help="override a param, e.g. -S generator.epochs=5 (repeatable; value is YAML)"),
 ]
 
+# The feature store is read by four stages: one option definition, one default (dvc.yaml spells it out too).
+FeatureStorePath = Annotated[Path, typer.Option("--features", help="feature store (extract's output)")]
+FEATURE_STORE = Path("data/features/features.zarr")
+
 
 def _setup_logging() -> None:
     from rich.logging import RichHandler
@@ -100,7 +104,7 @@ def demo_backbone(
 def extract(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
-    out: Annotated[Path, typer.Option(help="Zarr feature store to write")] = Path("data/features/features.zarr"),
+    out: Annotated[Path, typer.Option(help="Zarr feature store to write")] = FEATURE_STORE,
 ) -> None:
     """Encode every split (train: clean + augmented views; val; test) with the frozen image encoder into a
     Zarr store, with the zero-shot text classifier. Atomic; a killed run resumes from its last block."""
@@ -114,9 +118,7 @@ def extract(
 def train_generator(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
-    features: Annotated[Path, typer.Option(help="feature store (extract's output)")] = Path(
-        "data/features/features.zarr"
-    ),
+    features: FeatureStorePath = FEATURE_STORE,
     out: Annotated[Path, typer.Option(help="generator checkpoint to write")] = Path("data/generator/generator.pt"),
     curve: Annotated[Path, typer.Option(help="per-epoch train/val losses (DVC plot)")] = Path(
         "plots/generator_loss.csv"
@@ -134,9 +136,7 @@ def train_generator(
 def synthesize(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
-    features: Annotated[Path, typer.Option(help="feature store (extract's output)")] = Path(
-        "data/features/features.zarr"
-    ),
+    features: FeatureStorePath = FEATURE_STORE,
     generator: Annotated[Path, typer.Option(help="generator checkpoint")] = Path("data/generator/generator.pt"),
     out: Annotated[Path, typer.Option(help="Zarr store of synthetic features")] = Path("data/synthetic/synthetic.zarr"),
     metrics: Annotated[Path, typer.Option(help="generator quality metrics (DVC metrics)")] = Path(
@@ -154,9 +154,7 @@ def synthesize(
 def finetune(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
-    features: Annotated[Path, typer.Option(help="feature store (extract's output)")] = Path(
-        "data/features/features.zarr"
-    ),
+    features: FeatureStorePath = FEATURE_STORE,
     synthetic: Annotated[Path, typer.Option(help="synthetic feature store")] = Path("data/synthetic/synthetic.zarr"),
     results: Annotated[Path, typer.Option(help="directory for per-seed results, curves, per-class accuracy")] = Path(
         "results"

@@ -24,7 +24,7 @@ def _transfer_tasks(paths: tuple[str, ...], backbone: dict) -> list[TransferTask
     tasks = []
     for path in paths:
         store = FeatureStore.open(path, backbone)
-        classes = ClassSet(store.classnames, store.task_features().text_classifier)
+        classes = ClassSet(store.classnames, store.text_classifier())
         tasks.append(TransferTask(store.meta["dataset"]["name"], classes, store.split("test")))
     return tasks
 

@@ -45,7 +45,7 @@ def run(params: Params, features: Path, generator: Path, out: Path, metrics: Pat
             "features_store": str(features),
         },
     )
-    classifier = store.task_features().text_classifier
+    classifier = store.text_classifier()
     # Label-only classes have real images only in the test split: used here to *describe* the synthetic
     # features, never to select or tune anything.
     real = store.split("test").of_classes(label_only)

@@ -66,11 +66,11 @@ class TipAdapterF(Adapter):
         keys, labels = [clean.features.cpu()], [clean.labels.cpu()]
         if self.use_synthetic and task.synthetic is not None:
             per_class = self.params.synthetic_cache_per_class or int(torch.bincount(labels[0]).max().item())
-            syn_labels = task.synthetic.labels.cpu()
+            syn_features, syn_labels = task.synthetic.features.cpu(), task.synthetic.labels.cpu()
             for c in syn_labels.unique().tolist():
                 rows = torch.nonzero(syn_labels == c).squeeze(1)
                 rows = rows[torch.randperm(len(rows), generator=generator)[:per_class]]
-                keys.append(task.synthetic.features.cpu()[rows])
+                keys.append(syn_features[rows])
                 labels.append(syn_labels[rows])
         return torch.cat(keys).float(), torch.cat(labels)
 
