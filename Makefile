@@ -27,7 +27,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check pipeline stages tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/cached_vs_reference.py
+	$(BIN)/python benchmarks/extraction_efficiency.py
+	$(BIN)/python benchmarks/finetune_neighbour.py
+	$(BIN)/python benchmarks/cached_vs_reference_vitb16.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,8 @@ def resolve_weights(params: BackboneParams) -> WeightsSource:
     )
     path = Path(params.pretrained).expanduser()
     if path.is_file():
+        if path.stat().st_size == 0:
+            raise _load_failure(params, EOFError("empty file"))
         # Identified by the weights loaded from it (`state_digest`), not by the file's bytes: torch.save writes
         # a random serialization id, so identical weights never give identical files.
         return WeightsSource(str(path), None)
@@ -164,6 +167,60 @@ class Backbone:
         }
 
 
+def _detail(err: BaseException) -> str:
+    """The informative line of an exception message ("Error(s) in loading state_dict for CLIP:" is a header)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    line = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A local file starts like a torch (zip or legacy pickle) or safetensors file; True for a tag (not a file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return True
+    return head.startswith((b"PK\x03\x04", b"\x80")) or (len(head) == 9 and head[8:9] == b"{")
+
+
+def _load_failure(params: BackboneParams, err: BaseException) -> BackboneError:
+    """One line saying why `params.pretrained` could not be loaded into `params.model`, and what to change."""
+    what = f"backbone.pretrained {params.pretrained!r}"
+    text = str(err)
+    path = Path(params.pretrained).expanduser()
+    if isinstance(err, EOFError):
+        reason = "is an empty file (0 bytes)" if _size(path) == 0 else "is truncated (the file ends early)"
+    elif isinstance(err, pickle.UnpicklingError) and "weights only" in text.lower():
+        reason = (
+            "holds pickled Python objects, not plain weights: torch.load(weights_only=True) refused it and ran none "
+            "of its code"
+        )
+    elif isinstance(err, pickle.UnpicklingError | UnicodeDecodeError) or not _looks_like_checkpoint(path):
+        reason = f"is not a torch checkpoint ({type(err).__name__}: {_detail(err)})"
+    elif isinstance(err, AssertionError) or any(
+        key in text for key in ("size mismatch", "Missing key(s)", "Unexpected key(s)", "shape")
+    ):
+        reason = (
+            f"does not fit the {params.model} architecture; is it another architecture's checkpoint? ({_detail(err)})"
+        )
+    else:
+        reason = f"could not be loaded into {params.model} ({type(err).__name__}: {_detail(err)})"
+    return BackboneError(
+        f"{what} {reason}. Point backbone.pretrained at an open_clip checkpoint of {params.model}, or set "
+        "backbone.model to the checkpoint's architecture (OpenAI weights need the '-quickgelu' variant name)"
+    )
+
+
 def load_backbone(params: BackboneParams, device: torch.device | None = None) -> Backbone:
     source = resolve_weights(params)
     device = device or resolve_device(params.device)
@@ -172,11 +229,8 @@ def load_backbone(params: BackboneParams, device: torch.device | None = None) ->
         model, _, preprocess = open_clip.create_model_and_transforms(
             params.model, pretrained=source.pretrained, device=device, cache_dir=params.cache_dir
         )
-    except (RuntimeError, OSError, KeyError, ValueError) as err:
-        raise BackboneError(
-            f"could not load weights {params.pretrained!r} into {params.model}: {err}. Is the checkpoint an "
-            f"open_clip checkpoint of this architecture? (OpenAI weights need the '-quickgelu' variant name.)"
-        ) from err
+    except Exception as err:  # open_clip and torch.load fail in many ways on a file that is not these weights
+        raise _load_failure(params, err) from err
     model.eval().requires_grad_(False)
     weights_id = source.weights_id or f"state-sha256:{state_digest(model)}"
     cfg = dict(model.visual.preprocess_cfg)

@@ -1,40 +1,31 @@
-"""Scoring fitted adapters: base-to-new, joint (generalized zero-shot), per-class and cross-dataset accuracy.
+"""Scoring fitted adapters on a task's test splits; the per-protocol summaries.
 
-Every accuracy is a percentage over test images. Protocols:
-- base-to-new (CoCoOp): base test images vs base classes only, new test images vs new classes only; H = harmonic
-  mean of the two.
-- joint (GZSL): every test image vs all classes; accuracy reported separately on base- and new-class images.
-- transfer (cross-dataset): another dataset's test images vs that dataset's classes (`ClassSet`).
-A split without test images has accuracy NaN (e.g. "new" when every class is labelled), and so has its H.
+Every accuracy is a percentage. An `EvalSplit` is scored against its own label space: top-1 over images, or (GZSL)
+the mean over classes of per-class top-1 accuracy (Xian et al.'s metric). Summaries:
+- base-to-new: base, new, hm (harmonic mean);
+- GZSL: seen (S), unseen (U), hm;
+- cross-dataset: source, and one entry per target.
+A split without test images has accuracy NaN, and so has any H that needs it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import polars as pl
 import torch
 
 from pipeline.adapters.base import Adapter, ClassSet
-from pipeline.features import LabeledFeatures, TaskFeatures
+from pipeline.features import EvalSplit, LabeledFeatures, Task
+from pipeline.text_tower import TextTower
 
-
-@dataclass(frozen=True)
-class TransferTask:
-    """A foreign dataset to score a fitted adapter on: its classes and its test features."""
-
-    name: str
-    classes: ClassSet
-    test: LabeledFeatures
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy in percent; `labels` are column indices of `logits`. NaN when there are no rows."""
-    if len(labels) == 0:
-        return float("nan")
-    return 100.0 * (logits.argmax(dim=-1) == labels.to(logits.device)).float().mean().item()
+PER_CLASS_SCHEMA = {
+    "class": pl.Int64,
+    "classname": pl.String,
+    "split": pl.String,
+    "accuracy": pl.Float64,
+    "n_test": pl.Int64,
+}
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -46,71 +37,61 @@ def harmonic_mean(a: float, b: float) -> float:
     return 2.0 * a * b / (a + b)
 
 
-def predict(adapter: Adapter, features: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """Global class index predicted for each feature, choosing only among `classes`."""
-    logits = adapter.logits(features, classes)
-    return torch.as_tensor(list(classes), dtype=torch.long, device=logits.device)[logits.argmax(dim=-1)]
-
-
-def _of_classes(feats: LabeledFeatures, classes: Sequence[int]) -> LabeledFeatures:
-    """The rows whose label is in `classes` (device-safe, unlike building the class tensor on the CPU)."""
-    mask = torch.isin(
-        feats.labels, torch.as_tensor(list(classes), dtype=feats.labels.dtype, device=feats.labels.device)
-    )
-    return LabeledFeatures(feats.features[mask], feats.labels[mask])
-
-
-def _restricted_accuracy(adapter: Adapter, test: LabeledFeatures, classes: Sequence[int]) -> float:
-    """Accuracy on the test images of `classes`, scored against `classes` only."""
-    subset = _of_classes(test, classes)
-    if len(subset) == 0:
+def accuracy(pred: torch.Tensor, labels: torch.Tensor, per_class_mean: bool = False) -> float:
+    """Top-1 accuracy in percent (NaN without rows); `per_class_mean` averages the per-class accuracies instead."""
+    if len(labels) == 0:
         return float("nan")
-    pred = predict(adapter, subset.features, classes)
-    return 100.0 * (pred == subset.labels.to(pred.device)).float().mean().item()
+    hit = (pred.cpu() == labels.cpu()).double()
+    if not per_class_mean:
+        return 100.0 * float(hit.mean())
+    classes, inverse = torch.unique(labels.cpu(), return_inverse=True)
+    per_class = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, inverse, hit)
+    per_class /= torch.bincount(inverse, minlength=len(classes)).double()
+    return 100.0 * float(per_class.mean())
 
 
-def base_to_new(adapter: Adapter, task: TaskFeatures) -> dict[str, float]:
-    """{"base", "new", "hm"}: base test vs base classes only, new test vs new classes only."""
-    base = _restricted_accuracy(adapter, task.test, task.base)
-    new = _restricted_accuracy(adapter, task.test, task.new)
-    return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
+def predict(adapter: Adapter, test: LabeledFeatures, classes: list[int]) -> torch.Tensor:
+    """Task class index predicted for each test feature, choosing only among `classes`."""
+    logits = adapter.logits(test.features, classes)
+    return torch.as_tensor(classes, dtype=torch.long, device=logits.device)[logits.argmax(dim=-1)].cpu()
 
 
-def joint(adapter: Adapter, task: TaskFeatures) -> dict[str, float]:
-    """{"joint_base", "joint_new", "joint_hm"}: all test images vs all classes, accuracy split by true class."""
-    classes = list(range(len(task.classnames)))
-    pred = predict(adapter, task.test.features, classes).cpu()
-    labels = task.test.labels.cpu()
-    out = {}
-    for key, split in (("joint_base", task.base), ("joint_new", task.new)):
-        mask = torch.isin(labels, torch.as_tensor(list(split), dtype=labels.dtype))
-        out[key] = 100.0 * (pred[mask] == labels[mask]).float().mean().item() if mask.any() else float("nan")
-    out["joint_hm"] = harmonic_mean(out["joint_base"], out["joint_new"])
-    return out
+def score_split(adapter: Adapter, split: EvalSplit) -> float:
+    return accuracy(predict(adapter, split.test, split.classes), split.test.labels, split.per_class_mean)
 
 
-def per_class_accuracy(adapter: Adapter, task: TaskFeatures) -> pl.DataFrame:
-    """One row per class with test images, under the base-to-new protocol (scored within its own split).
+def score_task(adapter: Adapter, task: Task) -> dict[str, float]:
+    """{split name: accuracy} plus the protocol's harmonic mean (base-to-new and GZSL)."""
+    scores = {split.name: score_split(adapter, split) for split in task.evals}
+    if task.protocol == "base_to_new":
+        scores["hm"] = harmonic_mean(scores["base"], scores["new"])
+    elif task.protocol == "gzsl":
+        scores["hm"] = harmonic_mean(scores["seen"], scores["unseen"])
+    return scores
 
-    Columns: class, classname, split ("base"/"new"), accuracy (percent), n_test.
-    """
+
+def score_foreign(adapter: Adapter, test: LabeledFeatures, target: ClassSet, tower: TextTower) -> float:
+    """Accuracy of a source-only fit on a foreign dataset: its test images vs all of its classes."""
+    logits = adapter.logits(test.features, target=target, tower=tower)
+    return accuracy(logits.argmax(dim=-1), test.labels)
+
+
+def per_class_accuracy(adapter: Adapter, task: Task) -> pl.DataFrame:
+    """One row per class with test images, each scored within its split's label space."""
     rows = []
-    for split, classes in (("base", task.base), ("new", task.new)):
-        subset = _of_classes(task.test, classes)
-        if len(subset) == 0:
+    for split in task.evals:
+        if len(split.test) == 0:
             continue
-        pred = predict(adapter, subset.features, classes).cpu()
-        labels = subset.labels.cpu()
-        for c in classes:
+        pred, labels = predict(adapter, split.test, split.classes), split.test.labels.cpu()
+        for c in sorted(set(labels.tolist())):
             mask = labels == c
-            n = int(mask.sum())
-            if n:
-                acc = 100.0 * (pred[mask] == c).float().mean().item()
-                rows.append({"class": c, "classname": task.classnames[c], "split": split, "accuracy": acc, "n_test": n})
-    schema = {"class": pl.Int64, "classname": pl.String, "split": pl.String, "accuracy": pl.Float64, "n_test": pl.Int64}
-    return pl.DataFrame(rows, schema=schema)
-
-
-def transfer(adapter: Adapter, test: LabeledFeatures, target: ClassSet) -> float:
-    """Accuracy on a foreign dataset: its test images vs all of its classes (labels index `target`)."""
-    return accuracy(adapter.logits(test.features, target=target), test.labels)
+            rows.append(
+                {
+                    "class": c,
+                    "classname": task.classnames[c],
+                    "split": split.name,
+                    "accuracy": 100.0 * float((pred[mask] == c).double().mean()),
+                    "n_test": int(mask.sum()),
+                }
+            )
+    return pl.DataFrame(rows, schema=PER_CLASS_SCHEMA)

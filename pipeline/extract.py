@@ -1,8 +1,13 @@
-"""Run the frozen CLIP image encoder once over every split and cache the features (see feature_store.py).
+"""Run the frozen CLIP image encoder once over a set of splits and cache the features (see feature_store.py).
 
-Training images get one clean view (the backbone's eval preprocessing) plus K augmented views
-(RandomResizedCrop + flip, as SHIP trains with), each seeded by (seed, image index, view) so the views are the
-same whichever worker, batch or resumed run produces them.
+Two kinds of stores come out of here:
+- eval stores: a dataset's test images (one clean view) and its zero-shot text classifiers; shared by every seed
+  and every experiment that scores on the dataset;
+- train stores: one seed's training images with one clean view plus K augmented views (RandomResizedCrop + flip, as
+  SHIP and Tip-Adapter train with) and its validation images.
+
+Augmented views are seeded by (seed, image index, view), so they are the same whichever worker, batch or resumed
+run produces them. Every row stores the L2-normalised feature and the norm of the raw encoder output.
 """
 
 from __future__ import annotations
@@ -10,9 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from pipeline.backbone import Backbone
-from pipeline.datasets.records import DatasetSplits, ImageRecord
-from pipeline.feature_store import StoreBuilder
-from pipeline.features import base_new_split
-from pipeline.params import DatasetParams, ExtractParams
+from pipeline.datasets.records import ImageRecord
+from pipeline.feature_store import StoreBuilder, StoreError
+from pipeline.machine import available_cores
+from pipeline.params import ExtractParams
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +48,22 @@ class CorruptImageError(RuntimeError):
     pass
 
 
+def load_rgb(path: Path) -> Image.Image:
+    """An image as 8-bit RGB, respecting its bit depth: 16-bit and 32-bit greyscale are scaled, not clipped (PIL's
+    convert("RGB") would turn every 16-bit value above 255 white). PIL's DecompressionBombError (an image of more
+    than twice Image.MAX_IMAGE_PIXELS) propagates to the caller, which treats it like a corrupt file."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            x = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") or x.max(initial=0) > 255 else 255.0
+            grey = np.clip(np.round(x / top * 255.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(grey, "L").convert("RGB")
+        return im.convert("RGB")
+
+
 def augmentation(preprocess_cfg: dict[str, Any], crop_scale_min: float) -> T.Compose:
-    """SHIP's training augmentation in the backbone's own resolution and normalisation."""
+    """SHIP's / Tip-Adapter's training augmentation in the backbone's own resolution and normalisation."""
     size = preprocess_cfg["size"]
     size = size if isinstance(size, int) else tuple(size)
     interp = _INTERPOLATION.get(preprocess_cfg.get("interpolation", "bicubic"), T.InterpolationMode.BICUBIC)
@@ -80,16 +104,17 @@ class ViewsDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, bool]:
         path = self.records[i].path
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            image = load_rgb(path)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            reason = "decompression bomb (too many pixels)" if "decompression bomb" in str(err).lower() else err
             if not self.skip_corrupt:
                 raise CorruptImageError(
-                    f"cannot read image {path}: {err} (set extract.skip_corrupt=true to skip and list it)"
-                ) from err
+                    f"cannot read image {path}: {reason} (set extract.skip_corrupt=true to skip and list it)"
+                ) from None
             return i, torch.zeros(1 + self.views, 3, self.image_size, self.image_size), False
         out = [self.preprocess(image)]
         if self.views:
+            assert self.augment is not None
             # Seeded per image and view, so the result does not depend on workers, batching or resumption.
             with torch.random.fork_rng(devices=[]):
                 for v in range(self.views):
@@ -102,19 +127,25 @@ class ViewsDataset(Dataset):
 class SplitPlan:
     name: str
     records: list[ImageRecord]
-    views: int  # augmented views (0 for val/test)
+    views: int  # augmented views (0: the clean view only, stored as [N, D])
 
 
 @dataclass
 class ExtractionPlan:
-    """What one extract run encodes; its fingerprint keys resumption of a partial store."""
+    """What one extract run encodes: splits of images, text classifiers (name -> templates) and store metadata.
+    Its fingerprint keys resumption of a partial store."""
 
-    dataset: DatasetSplits  # the full dataset as loaded (class names)
     splits: list[SplitPlan]
+    classnames: list[str]
+    classifiers: dict[str, list[str]] = field(default_factory=dict)
+    seed: int = 0  # seeds the augmented views
     meta: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # dataset root: skipped files are recorded relative to it
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        digest = hashlib.sha256(
+            json.dumps([self.meta, self.classifiers, self.seed], sort_keys=True, default=str).encode()
+        )
         for split in self.splits:
             digest.update(f"{split.name}:{split.views}".encode())
             for r in split.records:
@@ -122,122 +153,363 @@ class ExtractionPlan:
         return digest.hexdigest()
 
 
-def plan_extraction(
-    dataset: DatasetSplits,
-    protocol: DatasetSplits,
-    dataset_params: DatasetParams,
-    extract_params: ExtractParams,
-    backbone: Backbone,
-) -> ExtractionPlan:
-    base, new = base_new_split(len(dataset.classnames))
-    labeled = base if dataset_params.labeled_classes == "base" else base + new
-    meta = {
-        "backbone": backbone.identity(),
-        "dataset": {"kind": dataset_params.kind, "name": dataset.name, "root": dataset_params.root, **dataset.meta},
-        "protocol": {
-            "shots": dataset_params.shots,
-            "val_shots": dataset_params.val_shots,
-            "seed": dataset_params.seed,
-            "labeled_classes": dataset_params.labeled_classes,
-        },
-        "extract": {
-            "views": extract_params.views,
-            "crop_scale_min": extract_params.crop_scale_min,
-            "templates": list(extract_params.templates),
-        },
-        "classnames": list(dataset.classnames),
-        "base_classes": base,
-        "new_classes": new,
-        "labeled_classes": labeled,
-    }
-    splits = [
-        SplitPlan("train", list(protocol.train), extract_params.views),
-        SplitPlan("val", list(protocol.val), 0),
-        SplitPlan("test", list(protocol.test), 0),
-    ]
-    return ExtractionPlan(dataset=dataset, splits=splits, meta=meta)
+class RankError(RuntimeError):
+    """A multi-process extraction is misconfigured, or one of its ranks failed."""
 
 
-def _progress() -> Progress:
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a multi-process extraction: torchrun's RANK, WORLD_SIZE and LOCAL_RANK.
+
+    The blocks of a store are shared out over the ranks; each encodes its own on its own device and writes them into
+    the one store (every block is its own shard file); rank 0 prepares the store and finalizes it."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        except ValueError as err:
+            raise RankError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers: {err}") from None
+        if world < 1 or not 0 <= rank < world or local < 0:
+            raise RankError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local} do not describe a rank of a job")
+        return cls(rank, world, local)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[self.local_rank])
+        else:
+            dist.barrier()
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} of {self.world_size}"
+
+
+# A barrier waits for the slowest rank: on CPUs a block of 1024 images x 11 views can take hours.
+BARRIER_TIMEOUT = timedelta(hours=24)
+
+
+@contextmanager
+def rank_context(requested_device: str) -> Iterator[tuple[Ranks, torch.device | None]]:
+    """Join the job this process is a rank of (torchrun's environment variables; none: a job of one) and pick its
+    device: cuda:LOCAL_RANK when CUDA is used, else the CPU. Yields (ranks, device); device None for a job of one
+    (the backbone params decide). The process group (nccl on CUDA, gloo on CPU) is left when the block exits."""
+    ranks = Ranks.from_env()
+    if not ranks.distributed:
+        yield ranks, None
+        return
+    import torch.distributed as dist
+
+    from pipeline.backbone import resolve_device
+
+    device = resolve_device(requested_device)
+    if device.type == "cuda":
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise RankError(
+                f"LOCAL_RANK {ranks.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s): "
+                f"start at most one process per GPU (--nproc_per_node)"
+            )
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    joined = not dist.is_initialized()
+    if joined:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=BARRIER_TIMEOUT, device_id=device if device.type == "cuda" else None)
+    try:
+        yield ranks, device
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_entry(local_rank: int, nproc: int, port: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    os.environ.update(
+        RANK=str(local_rank),
+        WORLD_SIZE=str(nproc),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    if not torch.cuda.is_available():  # CPU ranks share the cores (torchrun sets OMP_NUM_THREADS=1 likewise)
+        torch.set_num_threads(max(1, available_cores() // nproc))
+    fn(*args)
+
+
+def spawn_ranks(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
+    """Run `fn(*args)` in `nproc` new processes on this machine as the ranks of one job, with the environment
+    `torchrun --standalone --nproc_per_node nproc` gives them. `fn` must be importable (it is pickled by name).
+    Waits for all; if one fails the others are stopped and RankError names it."""
+    port = _free_port()
+    try:
+        torch.multiprocessing.start_processes(
+            _rank_entry, args=(nproc, port, fn, args), nprocs=nproc, join=True, start_method="spawn"
+        )
+    except torch.multiprocessing.ProcessExitedException as err:
+        raise RankError(f"rank {err.error_index} of {nproc} exited with code {err.exit_code}") from None
+    except torch.multiprocessing.ProcessRaisedException as err:
+        last = str(err).strip().splitlines()[-1] if str(err).strip() else "an exception"
+        raise RankError(f"rank {err.error_index} of {nproc} failed: {last}") from err
+
+
+def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]:>8.1f} img/s"),
         TimeRemainingColumn(),
+        disable=not enabled,
     )
 
 
 @torch.no_grad()
-def encode_views(backbone: Backbone, views: torch.Tensor) -> torch.Tensor:
-    """[B, V, 3, H, W] -> [B, V, D] L2-normalised features (AMP on CUDA)."""
+def encode_views(backbone: Backbone, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, V, 3, H, W] -> (L2-normalised features [B, V, D], raw norms [B, V]) (AMP and channels-last on CUDA)."""
     b, v = views.shape[:2]
-    flat = views.flatten(0, 1).to(backbone.device, non_blocking=True)
-    with torch.autocast("cuda", dtype=torch.float16, enabled=backbone.device.type == "cuda"):
+    cuda = backbone.device.type == "cuda"
+    memory_format = torch.channels_last if cuda else torch.preserve_format
+    flat = views.flatten(0, 1).to(backbone.device, non_blocking=True, memory_format=memory_format)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
         feats = backbone.model.encode_image(flat)
-    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
-    return feats.view(b, v, -1).cpu()
+    feats = feats.float()
+    norms = feats.norm(dim=-1)
+    feats = feats / norms.clamp_min(1e-12).unsqueeze(-1)
+    return feats.view(b, v, -1).cpu(), norms.view(b, v).cpu()
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is None:
+        return str(path)
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+class _BlockWriter:
+    """Writes finished blocks in a background thread, one at a time, while the next block is encoded. An error
+    of a write is raised in the caller at its next `submit` or at `drain`."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
+        self._pending: Future[None] | None = None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self.drain()
+        self._pending = self._pool.submit(fn, *args)
+
+    def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, failed: bool) -> None:
+        """Wait for the write in flight (so what is recorded as done is on disk); raise its error unless the
+        caller is already failing."""
+        try:
+            if failed and self._pending is not None:
+                wait([self._pending])
+            else:
+                self.drain()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def loader_workers(params: ExtractParams, device: torch.device) -> int:
+    """DataLoader worker processes for a run on `device`: `extract.workers` on a GPU, where decoding and augmenting
+    must keep up with the device; none on a CPU, where the encoder's threads already use every core and decoding +
+    augmenting is ~1-2% of the encoder's CPU time (benchmarks/extraction_efficiency.py): there is no idle core for
+    workers to hide it on, so they only add processes contending with the encoder's threads (2 workers + 2 threads
+    on 2 cores before)."""
+    return params.workers if device.type == "cuda" else 0
+
+
+def _block_batches(rows: int, blocks: Sequence[int], block_size: int, per_batch: int) -> list[tuple[int, list[int]]]:
+    """(block, indices) per encoder batch: each block in `per_batch` slices from its start, so a batch never spans
+    two blocks and a block's batches are the same whichever rank or run encodes it."""
+    out = []
+    for block in blocks:
+        start, stop = block * block_size, min(rows, (block + 1) * block_size)
+        out += [(block, list(range(s, min(s + per_batch, stop)))) for s in range(start, stop, per_batch)]
+    return out
+
+
+def _encode_blocks(
+    split: SplitPlan,
+    blocks: list[int],
+    dataset: ViewsDataset,
+    backbone: Backbone,
+    params: ExtractParams,
+    write: Callable[..., None],
+    writer: _BlockWriter,
+    advance: Callable[[int], None],
+) -> None:
+    """Encode `blocks` of one split through ONE DataLoader (workers start once and keep decoding across blocks)
+    and hand each finished block to `writer`."""
+    per_batch = max(1, params.batch_size // (1 + split.views))
+    batches = _block_batches(len(split.records), blocks, params.block_size, per_batch)
+    if not batches:
+        return
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[indices for _, indices in batches],
+        num_workers=loader_workers(params, backbone.device),
+        pin_memory=backbone.device.type == "cuda",
+    )
+    parts: dict[str, list[torch.Tensor]] = {"feats": [], "norms": [], "labels": [], "valid": []}
+    for n, (idx, views, ok) in enumerate(loader):
+        f, nrm = encode_views(backbone, views)
+        parts["feats"].append(f if split.views else f[:, 0])
+        parts["norms"].append(nrm if split.views else nrm[:, 0])
+        parts["labels"].append(torch.as_tensor([split.records[i].label for i in idx.tolist()]))
+        parts["valid"].append(ok)
+        advance(len(idx))
+        block = batches[n][0]
+        if n + 1 == len(batches) or batches[n + 1][0] != block:  # the block's last batch
+            arrays = [torch.cat(parts[k]).numpy() for k in ("feats", "norms", "labels", "valid")]
+            writer.submit(write, split.name, block, *arrays[:3], arrays[3].astype(bool))
+            parts = {k: [] for k in parts}
 
 
 def extract_features(
-    plan: ExtractionPlan, backbone: Backbone, params: ExtractParams, out: Path, progress: bool = True
+    plan: ExtractionPlan,
+    backbone: Backbone,
+    params: ExtractParams,
+    out: Path,
+    progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> Path:
-    """Encode every split of `plan` into the store at `out` (atomic; resumes a matching partial build)."""
-    builder = StoreBuilder(out, plan.fingerprint(), params.block_size)
-    if builder.resumed:
-        done = sum(len(v) for v in builder.progress.values())
-        log.info("resuming partial store %s (%d blocks already written)", builder.partial, done)
+    """Encode every split of `plan` into the store at `out` (atomic; resumes a matching partial build).
+
+    With `ranks` of a multi-process job (`rank_context`), call it in every rank with the same arguments: the
+    blocks still to do are shared out round-robin, and the store is identical to a one-process build."""
+    ranks = ranks or Ranks()
+    fingerprint = plan.fingerprint()
+    builder: StoreBuilder | None = None
+    try:
+        if ranks.main:
+            builder = StoreBuilder(out, fingerprint, params.block_size)
+            if builder.resumed:
+                done = sum(len(v) for v in builder.progress.values())
+                log.info("resuming partial store %s (%d blocks already written)", builder.partial, done)
+            for split in plan.splits:
+                views = 1 + split.views if split.views else None
+                builder.create_split(split.name, len(split.records), views, backbone.embed_dim)
+        ranks.barrier()  # rank 0 has prepared the partial store
+        if not ranks.main:
+            builder = StoreBuilder(out, fingerprint, params.block_size, rank=ranks.rank)
+        assert builder is not None
+        ranks.barrier()  # every rank knows what is done before any writes more
+        _encode_share(plan, backbone, params, builder, ranks, progress)
+        ranks.barrier()  # every block is written
+        path = _finalize(plan, backbone, params, builder) if ranks.main else Path(out)
+    except BaseException:
+        if builder is not None:
+            builder.release()  # the partial build stays, for any process to resume
+        raise
+    ranks.barrier()  # the store is in place before any rank returns
+    return path
+
+
+def _encode_share(
+    plan: ExtractionPlan, backbone: Backbone, params: ExtractParams, builder: StoreBuilder, ranks: Ranks, progress: bool
+) -> None:
+    """Encode this rank's share of the blocks not yet done: round-robin over (split, block) in plan order."""
+    todo = [
+        (split.name, block)
+        for split in plan.splits
+        for block in range(-(-len(split.records) // params.block_size))
+        if not builder.block_done(split.name, block)
+    ]
+    mine = todo[ranks.rank :: ranks.world_size]
+    if ranks.distributed:
+        log.info("%s: %d of the %d blocks to encode", ranks, len(mine), len(todo))
+    if backbone.device.type == "cuda":
+        backbone.model.visual.to(memory_format=torch.channels_last)
     augment = augmentation(backbone.preprocess_cfg, params.crop_scale_min)
-    seed = int(plan.meta["protocol"]["seed"])
-    with _progress() as bar:
-        for split in plan.splits:
-            rows = len(split.records)
-            feature_shape = (1 + split.views, backbone.embed_dim) if split.views else (backbone.embed_dim,)
-            builder.create_split(split.name, rows, feature_shape)
-            task = bar.add_task(f"extract {split.name}", total=rows, rate=0.0, visible=progress)
-            dataset = ViewsDataset(
-                split.records,
-                backbone.preprocess,
-                augment,
-                split.views,
-                seed,
-                params.skip_corrupt,
-                backbone.image_size,
-            )
-            for block in range(-(-rows // params.block_size)):
-                start = block * params.block_size
-                stop = min(rows, start + params.block_size)
-                if builder.block_done(split.name, block):
-                    bar.advance(task, stop - start)
-                    continue
-                loader = DataLoader(
-                    torch.utils.data.Subset(dataset, range(start, stop)),
-                    batch_size=max(1, params.batch_size // (1 + split.views)),
-                    num_workers=params.workers,
-                    pin_memory=backbone.device.type == "cuda",
-                )
-                feats, labels, valid = [], [], []
+    writer = _BlockWriter()
+    failed = True
+    try:
+        with _progress(progress) as bar:
+            for split in plan.splits:
+                blocks = [block for name, block in mine if name == split.name]
+                rows = sum(min(params.block_size, len(split.records) - b * params.block_size) for b in blocks)
+                label = f"extract {split.name}" + (f" ({ranks})" if ranks.distributed else "")
+                task = bar.add_task(label, total=rows, rate=0.0, visible=rows > 0)
                 t0, n = time.perf_counter(), 0
-                for idx, views, ok in loader:
-                    encoded = encode_views(backbone, views)
-                    feats.append(encoded if split.views else encoded[:, 0])
-                    labels.append(torch.as_tensor([split.records[i].label for i in idx.tolist()]))
-                    valid.append(ok)
-                    n += len(idx)
-                    bar.update(task, advance=len(idx), rate=n / max(time.perf_counter() - t0, 1e-9))
-                valid_np = torch.cat(valid).numpy().astype(bool)
-                builder.write_block(split.name, block, torch.cat(feats).numpy(), torch.cat(labels).numpy(), valid_np)
+
+                def advance(k: int, task: Any = task, t0: float = t0) -> None:
+                    nonlocal n
+                    n += k
+                    bar.update(task, advance=k, rate=n / max(time.perf_counter() - t0, 1e-9))
+
+                dataset = ViewsDataset(
+                    split.records,
+                    backbone.preprocess,
+                    augment,
+                    split.views,
+                    plan.seed,
+                    params.skip_corrupt,
+                    backbone.image_size,
+                )
+                _encode_blocks(split, blocks, dataset, backbone, params, builder.write_block, writer, advance)
+        failed = False
+    finally:
+        writer.close(failed)
+
+
+def _finalize(plan: ExtractionPlan, backbone: Backbone, params: ExtractParams, builder: StoreBuilder) -> Path:
+    """Rank 0, once every rank has written its blocks: check nothing is missing, add the classifiers and meta."""
+    done = builder.reload_progress()
+    for split in plan.splits:
+        expected = set(range(-(-len(split.records) // params.block_size)))
+        if missing := sorted(expected - set(done.get(split.name, []))):
+            raise StoreError(f"partial store {builder.partial}: {split.name} blocks {missing} were not written")
     # Skipped files are read back from `valid`, so a resumed run lists those of earlier runs too.
     skipped = [
-        str(split.records[j].path)
+        _relative(split.records[j].path, plan.root)
         for split in plan.splits
         for j in np.flatnonzero(~np.asarray(builder.group[f"{split.name}/valid"][:], dtype=bool))
     ]
     if skipped:
         log.warning("skipped %d unreadable images (listed in the store's meta.skipped)", len(skipped))
-    tower = backbone.text_tower()
-    with torch.no_grad():
-        classifier = tower.zero_shot_classifier(plan.dataset.classnames, params.templates)
-    builder.write_array("classifier", classifier.float().cpu().numpy())
-    meta = {**plan.meta, "skipped": skipped, "counts": {s.name: len(s.records) for s in plan.splits}}
+    if plan.classifiers:
+        tower = backbone.text_tower()
+        with torch.no_grad():
+            for name, templates in plan.classifiers.items():
+                classifier = tower.zero_shot_classifier(plan.classnames, templates)
+                builder.write_array(f"classifiers/{name}", classifier.float().cpu().numpy())
+    meta = {
+        **plan.meta,
+        "backbone": backbone.identity(),
+        "classnames": list(plan.classnames),
+        "classifiers": plan.classifiers,
+        "extract": {"views": params.views, "crop_scale_min": params.crop_scale_min, "seed": plan.seed},
+        "skipped": skipped,
+        "counts": {s.name: len(s.records) for s in plan.splits},
+    }
     return builder.finalize(meta)

@@ -10,9 +10,7 @@ the trainable parts plus the config, and is re-attached to a tower on load.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,11 +18,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from pipeline.atomic_files import write_file_atomic
 from pipeline.params.generator import GeneratorParams
 from pipeline.text_tower import TextTower
 
-CHECKPOINT_FORMAT = "ship-generator/1"
+CHECKPOINT_FORMAT = "ship-generator/2"
 _TOWER = "tower."
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
 class CheckpointMismatch(ValueError):
@@ -38,7 +38,8 @@ class GeneratorConfig:
     prompt_length: int
     encoder_hidden: int
     bias_hidden: int
-    prompt_init_std: float = 0.02
+    bias_activation: str = "relu"  # "relu" | "leaky_relu" (LeakyReLU(0.2), SHIP's ImageNet generator)
+    init_std: float = 0.02  # Linear weights ~ N(0, init_std), biases 0; prompt vectors ~ N(0, init_std)
 
 
 class LossTerms(NamedTuple):
@@ -73,9 +74,19 @@ class ShipGenerator(nn.Module):
         self.config = config
         self.tower = tower
         d, h_e, h_b = config.width, config.encoder_hidden, config.bias_hidden
-        self.encoder = nn.Sequential(nn.Linear(config.feature_dim, h_e), nn.ReLU(), nn.Linear(h_e, 2 * d))
-        self.bias_mlp = nn.Sequential(nn.Linear(d, h_b), nn.ReLU(), nn.Linear(h_b, d))
-        self.prompts = nn.Parameter(torch.randn(config.prompt_length, d) * config.prompt_init_std)
+        if config.bias_activation not in _ACTIVATIONS:
+            raise ValueError(f"bias_activation {config.bias_activation!r} is not one of {sorted(_ACTIVATIONS)}")
+        # SHIP's reference: E = Linear-ReLU with separate mean and log-variance heads; the bias MLP
+        # Linear-act-Linear; every Linear initialised N(0, 0.02) with zero bias, the prompts N(0, 0.02).
+        self.encoder = nn.Sequential(nn.Linear(config.feature_dim, h_e), nn.ReLU())
+        self.mean = nn.Linear(h_e, d)
+        self.log_var = nn.Linear(h_e, d)
+        self.bias_mlp = nn.Sequential(nn.Linear(d, h_b), _ACTIVATIONS[config.bias_activation](), nn.Linear(h_b, d))
+        for layer in (*self.encoder, self.mean, self.log_var, *self.bias_mlp):
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, 0.0, config.init_std)
+                nn.init.zeros_(layer.bias)
+        self.prompts = nn.Parameter(torch.randn(config.prompt_length, d) * config.init_std)
         self.classnames: list[str] = []
         self.set_classnames(classnames)
 
@@ -83,13 +94,17 @@ class ShipGenerator(nn.Module):
     def from_params(
         cls, tower: TextTower, classnames: Sequence[str], feature_dim: int, params: GeneratorParams
     ) -> ShipGenerator:
+        """`params` resolved for a dataset (`Params.for_dataset`): no preset key left null."""
+        if params.encoder_hidden is None or params.bias_activation is None:
+            raise ValueError("generator params are not resolved for a dataset (encoder_hidden/bias_activation null)")
         config = GeneratorConfig(
             feature_dim=feature_dim,
             width=tower.width,
             prompt_length=params.prompt_length,
             encoder_hidden=params.encoder_hidden,
             bias_hidden=params.bias_hidden,
-            prompt_init_std=params.prompt_init_std,
+            bias_activation=params.bias_activation,
+            init_std=params.init_std,
         )
         return cls(tower, classnames, config)
 
@@ -122,7 +137,13 @@ class ShipGenerator(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         # Listed explicitly, not filtered on requires_grad, so the tower can never sneak into an optimizer.
-        return [*self.encoder.parameters(), *self.bias_mlp.parameters(), self.prompts]
+        return [
+            *self.encoder.parameters(),
+            *self.mean.parameters(),
+            *self.log_var.parameters(),
+            *self.bias_mlp.parameters(),
+            self.prompts,
+        ]
 
     def train(self, mode: bool = True) -> ShipGenerator:
         super().train(mode)
@@ -130,8 +151,8 @@ class ShipGenerator(nn.Module):
         return self
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_var = self.encoder(x.to(self.prompts.dtype)).chunk(2, dim=-1)
-        return mu, log_var
+        h = self.encoder(x.to(self.prompts.dtype))
+        return self.mean(h), self.log_var(h)
 
     @staticmethod
     def reparameterize(
@@ -210,25 +231,31 @@ class ShipGenerator(nn.Module):
             "classnames": list(self.classnames),
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # readers never see a half-written checkpoint
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_file_atomic(path, lambda f: torch.save(payload, f))  # readers never see a half-written checkpoint
 
     @staticmethod
-    def checkpoint_backbone(path: str | Path) -> str:
-        return str(torch.load(path, map_location="cpu", weights_only=True)["backbone"])
+    def read_checkpoint(path: str | Path) -> dict[str, Any]:
+        """The checkpoint's payload; anything but a plain-tensor generator checkpoint is a CheckpointMismatch."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointMismatch(f"generator checkpoint {path} does not exist; run the generator stage")
+        try:
+            # weights_only: a checkpoint is data; a pickle that would run code is refused, not executed.
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, empty, not a torch file, or a pickle with code in it
+            reason = (str(err).strip().splitlines() or ["empty file" if path.stat().st_size == 0 else ""])[0]
+            raise CheckpointMismatch(
+                f"{path} is not a readable generator checkpoint ({type(err).__name__}: {reason}); "
+                "rerun the generator stage"
+            ) from None
+        if not isinstance(payload, dict):
+            raise CheckpointMismatch(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        return payload
 
     @classmethod
     def load(cls, path: str | Path, tower: TextTower, *, expect_backbone: str | None = None) -> ShipGenerator:
         """Re-attach a saved generator to `tower` (placed on the tower's device, in eval mode)."""
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = cls.read_checkpoint(path)
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointMismatch(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {payload.get('format')!r})")
         config = GeneratorConfig(**payload["config"])

@@ -1,8 +1,9 @@
 """Training SHIP's generator: a plain loop, read top to bottom.
 
-Augmentation comes from the feature cache: each epoch draws one cached view per training image, so the CLIP
-image encoder never runs here. Model selection uses the validation split only; this module never sees test
-data. Everything random (init, views, shuffling, eps) comes from `params.seed`, so a CPU run is repeatable.
+Augmentation comes from the feature cache: each epoch draws one cached augmented view per training image, so the
+CLIP image encoder never runs here. Model selection uses the validation split only (`select="val"`: the epoch with
+the lowest validation loss) or none (`"last"`, as SHIP's reference); this module never sees test data. Everything
+random (init, views, shuffling, eps) comes from `seed`, so a CPU run is repeatable.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from pipeline.params.generator import GeneratorParams
 from pipeline.text_tower import TextTower
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """A training loss became inf or nan; the message names the run and the knob to turn."""
+
 
 # Validation eps come from their own generator, re-seeded for every evaluation: every epoch is scored on the
 # same draw (comparable across epochs), and evaluating never perturbs the training random stream.
@@ -67,25 +73,29 @@ def train_generator(
     params: GeneratorParams,
     device: torch.device | str,
     *,
+    seed: int,
     show_progress: bool = True,
 ) -> TrainingOutcome:
-    """Fit the generator on `train` ([N, V, D] cached views or [N, D]); keep the epoch with the lowest val loss.
+    """Fit the generator on `train` ([N, V, D] cached views or [N, D]); keep the epoch `params.select` says.
 
-    Labels index `classnames` (pass all classes, so label-only ones can be synthesized later). The tower is
-    moved to `device` together with the generator.
+    `params` must be resolved for the dataset (`Params.for_dataset`). Labels index `classnames` (pass all classes,
+    so label-only ones can be synthesized later). The tower is moved to `device` together with the generator.
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"need training and validation features (got {len(train)} train, {len(val)} val)")
+    if params.epochs is None:
+        raise ValueError("generator.epochs is not resolved for a dataset")
+    epochs = params.epochs
     device = torch.device(device)
     feature_dim = int(train.features.shape[-1])
 
     # --- model + optimizer (init seeded without touching the caller's global RNG) ---
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+        torch.manual_seed(seed)
         model = ShipGenerator.from_params(tower, classnames, feature_dim, params)
     model.to(device)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    g = torch.Generator().manual_seed(params.seed)  # views, shuffling and eps: one CPU stream, device-independent
+    g = torch.Generator().manual_seed(seed)  # views, shuffling and eps: one CPU stream, device-independent
 
     n, bs = len(train), params.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -98,7 +108,7 @@ def train_generator(
         train.features.shape[1] if train.has_views else 1,
         len(val),
         len(classnames),
-        params.epochs,
+        epochs,
         steps_per_epoch,
         device,
     )
@@ -111,8 +121,8 @@ def train_generator(
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
-        task = progress.add_task("epoch 1", total=params.epochs * steps_per_epoch)
-        for epoch in range(1, params.epochs + 1):
+        task = progress.add_task("epoch 1", total=epochs * steps_per_epoch)
+        for epoch in range(1, epochs + 1):
             # --- one epoch: a fresh cached view per image, a fresh shuffle ---
             t0 = time.perf_counter()
             model.train()
@@ -133,12 +143,13 @@ def train_generator(
             seconds = time.perf_counter() - t0
             train_seconds += seconds
             if not math.isfinite(train_total):
-                raise FloatingPointError(f"generator loss is {train_total} in epoch {epoch}; try a lower lr")
+                raise TrainingDiverged(
+                    f"generator loss is {train_total} in epoch {epoch} (seed {seed}); lower generator.lr "
+                    f"(now {params.lr})"
+                )
 
             # --- validation (the only data model selection may look at) ---
-            val_terms = evaluate(
-                model, val, kl_weight=params.kl_weight, seed=params.seed + VAL_SEED_OFFSET, batch_size=bs
-            )
+            val_terms = evaluate(model, val, kl_weight=params.kl_weight, seed=seed + VAL_SEED_OFFSET, batch_size=bs)
             row = {
                 "epoch": epoch,
                 "train_loss": train_total,
@@ -150,13 +161,14 @@ def train_generator(
                 "seconds": seconds,
             }
             history.append(row)
-            if val_terms["loss"] < best_val:
+            keep = epoch == epochs if params.select == "last" else val_terms["loss"] < best_val
+            if keep:
                 best_val, best_epoch = val_terms["loss"], epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             log.info(
                 "epoch %d/%d  train %.4f (recon %.4f, kl %.4f)  val %.4f%s",
                 epoch,
-                params.epochs,
+                epochs,
                 train_total,
                 train_recon,
                 train_kl,
@@ -168,6 +180,6 @@ def train_generator(
     assert best_state is not None  # val is non-empty and losses are finite, so some epoch was best
     model.load_state_dict(best_state)
     model.eval()
-    steps_per_second = params.epochs * steps_per_epoch / max(train_seconds, 1e-9)
+    steps_per_second = epochs * steps_per_epoch / max(train_seconds, 1e-9)
     log.info("best epoch %d (val loss %.4f); %.1f steps/s", best_epoch, best_val, steps_per_second)
     return TrainingOutcome(model, history, best_epoch, best_val, steps_per_second)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -99,3 +100,81 @@ def synthetic_real_cosine(synthetic: LabeledFeatures, real: LabeledFeatures) -> 
         raise ValueError("synthetic and real features share no class")
     per_class = [s_feats[s_labels == c].mean(dim=0) @ r_feats[r_labels == c].mean(dim=0) for c in common]
     return float(torch.stack(per_class).double().mean())
+
+
+# --- sources of synthetic features for fine-tuning ---------------------------------------------------------------
+
+
+class SyntheticSource(ABC):
+    """Synthetic features of label-only classes, labelled with task class indices, for SHIP's fine-tuning.
+
+    `draw(n)` returns n features of uniformly drawn classes (SHIP's CoOp+SHIP draws a class uniformly per synthetic
+    sample); `pool(k)` returns k features per class (Tip-Adapter-F+SHIP's cache entries).
+    """
+
+    classes: list[int]
+
+    @abstractmethod
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @abstractmethod
+    def pool(self, per_class: int, generator: torch.Generator) -> LabeledFeatures: ...
+
+
+class PoolSource(SyntheticSource):
+    """Draws from a fixed set of synthetic features (the synthesize stage's store)."""
+
+    def __init__(self, features: LabeledFeatures):
+        if len(features) == 0:
+            raise ValueError("the synthetic pool is empty")
+        order = torch.argsort(features.labels, stable=True)  # sorted: "feature j of class c" = start[c] + j
+        self.features = features.features[order].float()
+        self.labels = features.labels[order]
+        classes, counts = torch.unique_consecutive(self.labels.cpu(), return_counts=True)
+        self.classes = classes.tolist()
+        self._counts = counts
+        self._starts = torch.cumsum(counts, 0) - counts
+
+    def to(self, device: torch.device) -> PoolSource:
+        self.features, self.labels = self.features.to(device), self.labels.to(device)
+        return self
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        k = torch.randint(len(self.classes), (n,), generator=generator)
+        offset = (torch.rand(n, generator=generator) * self._counts[k]).long()
+        rows = (self._starts[k] + offset).to(self.features.device)
+        return self.features[rows], self.labels[rows]
+
+    def pool(self, per_class: int, generator: torch.Generator) -> LabeledFeatures:
+        rows = []
+        for start, count in zip(self._starts.tolist(), self._counts.tolist(), strict=True):
+            rows.append(start + torch.randperm(count, generator=generator)[:per_class])
+        index = torch.cat(rows).to(self.features.device)
+        return LabeledFeatures(self.features[index], self.labels[index])
+
+
+class FreshSource(SyntheticSource):
+    """Decodes new latents z ~ N(0, I) through the generator at every draw (SHIP's reference CoOp+SHIP).
+
+    The generator's class names must be the task's, so its label indices are task class indices.
+    """
+
+    def __init__(self, generator: ShipGenerator, classes: Sequence[int]):
+        bad = [c for c in classes if not 0 <= c < generator.num_classes]
+        if not classes or bad:
+            raise ValueError(f"classes {list(classes)[:10]} are not all among the generator's {generator.num_classes}")
+        self.generator = generator.eval()
+        self.classes = [int(c) for c in classes]
+        self._classes = torch.as_tensor(self.classes, dtype=torch.long)
+
+    @torch.no_grad()
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self._classes[torch.randint(len(self.classes), (n,), generator=generator)]
+        z = torch.randn(n, self.generator.latent_dim, generator=generator)
+        device = self.generator.prompts.device
+        labels = labels.to(device)
+        return self.generator.decode(z.to(device), labels), labels
+
+    def pool(self, per_class: int, generator: torch.Generator) -> LabeledFeatures:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        return synthesize_features(self.generator, self.classes, per_class, seed)

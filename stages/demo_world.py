@@ -1,4 +1,5 @@
-"""Stage `demo_world`: generate the embedded demo dataset, when the params use it."""
+"""Stage `demo_world`: generate the embedded demo world (web corpus + the shapes, patterns and zoo datasets),
+when the params use it."""
 
 from __future__ import annotations
 
@@ -24,10 +25,20 @@ def write_marker(out: Path, reason: str) -> None:
     replace_dir(tmp, out)
 
 
+def demo_datasets_in_use(params: Params, world: Path) -> list[str]:
+    """The datasets of the params that live inside the demo world."""
+    inside = []
+    for name, spec in params.datasets.items():
+        root = Path(spec.root).resolve()
+        if root == world.resolve() or world.resolve() in root.parents:
+            inside.append(name)
+    return inside
+
+
 def run(params: Params, out: Path) -> None:
-    if params.dataset.kind != "demo" and not demo_backbone_in_use(params):
-        log.info("demo world not needed (dataset.kind=%s, real backbone weights)", params.dataset.kind)
-        write_marker(out, f"not generated: dataset.kind={params.dataset.kind} and backbone weights are not the demo's")
+    if not demo_datasets_in_use(params, out) and not demo_backbone_in_use(params):
+        log.info("demo world not needed (no dataset lives in %s, real backbone weights)", out)
+        write_marker(out, f"not generated: no dataset of the params lives in {out}, and the weights are not the demo's")
         return
     log.info("generating demo world into %s", out)
     generate_world(params.demo.world, out)

@@ -85,19 +85,20 @@ def build_split_file_tree(root: Path, name: str) -> BuiltTree:
 
 
 def build_fgvc_aircraft_tree(root: Path) -> BuiltTree:
+    """CoOp's DATASETS.md: fgvc-aircraft-2013b's `data/` folder renamed to `fgvc_aircraft/`, so images/,
+    variants.txt and images_variant_{train,val,test}.txt sit directly in the dataset folder."""
     variants = ["707-320", "A300B4", "Cessna 172"]
-    data = root / "data"
-    data.mkdir(parents=True)
-    (data / "variants.txt").write_text("\n".join(variants) + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "variants.txt").write_text("\n".join(variants) + "\n")
     image_id = 1000000
     for split, per_class in SPLIT_SIZES.items():
         lines = []
         for variant in variants:
             for _ in range(per_class):
                 image_id += 1
-                write_image(data / "images" / f"{image_id}.jpg")
+                write_image(root / "images" / f"{image_id}.jpg")
                 lines.append(f"{image_id} {variant}")
-        (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
+        (root / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
     return BuiltTree(root, variants, {s: n * len(variants) for s, n in SPLIT_SIZES.items()})
 
 
@@ -107,6 +108,8 @@ IMAGENET_TEST_PER_CLASS = 2
 
 
 def build_imagenet_tree(root: Path) -> BuiltTree:
+    """CoOp's DATASETS.md: images/train/<wnid>/, images/val/<wnid>/, classnames.txt. CoOp's ImageNet has no val
+    split (train images not drawn for train serve as val at draw time)."""
     # classnames.txt deliberately not in wnid order: labels must still follow sorted wnids
     lines = [f"{wnid} {name}" for wnid, name in sorted(IMAGENET_CLASSES.items(), reverse=True)]
     root.mkdir(parents=True, exist_ok=True)
@@ -117,12 +120,7 @@ def build_imagenet_tree(root: Path) -> BuiltTree:
         for i in range(IMAGENET_TEST_PER_CLASS):
             write_image(root / "images" / "val" / wnid / f"ILSVRC2012_val_{wnid}_{i:04d}.JPEG")
     n = len(IMAGENET_CLASSES)
-    held_out = IMAGENET_TRAIN_PER_CLASS // 2  # min(50, n // 2) on a tiny tree
-    sizes = {
-        "train": (IMAGENET_TRAIN_PER_CLASS - held_out) * n,
-        "val": held_out * n,
-        "test": IMAGENET_TEST_PER_CLASS * n,
-    }
+    sizes = {"train": IMAGENET_TRAIN_PER_CLASS * n, "val": 0, "test": IMAGENET_TEST_PER_CLASS * n}
     return BuiltTree(root, [IMAGENET_CLASSES[w] for w in sorted(IMAGENET_CLASSES)], sizes)
 
 

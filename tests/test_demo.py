@@ -1,4 +1,5 @@
-"""The demo world (deterministic, well-formed, CoOp layout) and the demo backbone's pre-training (loadable, seeded)."""
+"""The demo world (deterministic; three datasets read back by the real loaders; base/new and seen/unseen word
+coverage) and the demo backbone's pre-training (loadable, seeded)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import open_clip
@@ -13,13 +15,25 @@ import pytest
 import torch
 
 from pipeline.backbone import register_model_configs
+from pipeline.datasets.coop import load_demo_dataset
+from pipeline.datasets.xlsa17 import load_xlsa17_dataset
 from pipeline.demo import world
 from pipeline.demo.pretrain import DEMO_MODEL, pretrain_backbone
 from pipeline.params.demo import DemoBackboneParams, DemoWorldParams
 
-# The class set is fixed (64 classes), so "tiny" means few images per class.
-TINY = DemoWorldParams(web_per_class=2, train_per_class=2, val_per_class=1, test_per_class=2)
+# The class sets are fixed (48 + 30 + 36 classes), so "tiny" means few images per class.
+TINY = DemoWorldParams(
+    web_per_class=1,
+    train_per_class=2,
+    val_per_class=1,
+    test_per_class=1,
+    gzsl_trainval_per_class=2,
+    gzsl_test_seen_per_class=1,
+    gzsl_test_unseen_per_class=1,
+)
 TINY_TRAINING = DemoBackboneParams(epochs=1, batch_size=32, warmup=0.5)
+BASE_TO_NEW = [ds for ds in world.DATASETS if ds.kind == "base_to_new"]
+GZSL = [ds for ds in world.DATASETS if ds.kind == "gzsl"]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -47,46 +61,94 @@ def test_generation_is_deterministic_and_independent_of_workers(tiny_world: Path
     assert all(other[k] != same[k] for k in pngs)  # ... different pixels
 
 
-def test_split_file_is_well_formed(tiny_world: Path):
-    names = (tiny_world / world.CLASSNAMES_FILE).read_text().splitlines()
-    assert names == world.classnames() and len(names) >= 60 and len(set(names)) == len(names)
-    split = json.loads((tiny_world / world.SPLIT_FILE).read_text())
-    assert set(split) == {"train", "val", "test"}
+def test_world_layout(tiny_world: Path):
+    assert sorted(p.name for p in tiny_world.iterdir()) == sorted([world.WEB_DIR, *(d.name for d in world.DATASETS)])
+    assert (tiny_world / world.WEB_DIR / world.WEB_CAPTIONS_FILE).is_file()
+    for ds in BASE_TO_NEW:
+        assert (tiny_world / ds.name / world.CLASSNAMES_FILE).read_text().splitlines() == ds.classnames()
+    for ds in GZSL:
+        assert {p.name for p in (tiny_world / ds.name).iterdir()} == {"att_splits.mat", "res101.mat", "images"}
+
+
+@pytest.mark.parametrize("ds", BASE_TO_NEW, ids=lambda d: d.name)
+def test_base_to_new_datasets_read_back_through_the_coop_loader(tiny_world: Path, ds: world.DemoDataset):
+    splits = load_demo_dataset(ds.name, tiny_world / ds.name)
+    assert splits.classnames == ds.classnames() and len(set(splits.classnames)) == len(splits.classnames)
     expected = {"train": TINY.train_per_class, "val": TINY.val_per_class, "test": TINY.test_per_class}
-    seen_paths: set[str] = set()
-    for name, rows in split.items():
-        counts = [0] * len(names)
-        for rel, label, classname in rows:
-            assert (tiny_world / "images" / rel).is_file()
-            assert classname == names[label]
-            counts[label] += 1
-            seen_paths.add(rel)
-        assert counts == [expected[name]] * len(names), name
-    assert len(seen_paths) == sum(len(rows) for rows in split.values())  # no image in two splits
-    labels = sorted({label for rows in split.values() for _, label, _ in rows})
-    assert labels == list(range(len(names)))
+    paths = set()
+    for name, records in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        counts = [0] * len(splits.classnames)
+        for r in records:
+            assert r.path.is_file() and r.path.is_relative_to(tiny_world / ds.name / world.IMAGES_DIR)
+            assert r.path.parent.name == ds.classes()[r.label].dirname
+            counts[r.label] += 1
+            paths.add(r.path)
+        assert counts == [expected[name]] * len(splits.classnames), name
+    assert len(paths) == len(splits.train) + len(splits.val) + len(splits.test)  # no image in two splits
 
 
-def test_base_and_new_halves_each_cover_every_colour_and_shape():
-    classes = world.demo_classes()
+@pytest.mark.parametrize("ds", GZSL, ids=lambda d: d.name)
+def test_gzsl_dataset_reads_back_through_the_xlsa17_loader(tiny_world: Path, ds: world.DemoDataset):
+    root = tiny_world / ds.name
+    splits = load_xlsa17_dataset(ds.name, root, root / world.IMAGES_DIR)
+    assert splits.classnames == ds.classnames()  # "07.Red_fish" in att_splits.mat, cleaned by the loader
+    assert splits.unseen == ds.unseen_labels()
+    assert splits.seen == sorted(set(range(len(ds.classnames()))) - set(ds.unseen_labels()))
+    for records, classes, per_class in (
+        (splits.trainval, splits.seen, TINY.gzsl_trainval_per_class),
+        (splits.test_seen, splits.seen, TINY.gzsl_test_seen_per_class),
+        (splits.test_unseen, splits.unseen, TINY.gzsl_test_unseen_per_class),
+    ):
+        assert sorted(r.label for r in records) == sorted(c for c in classes for _ in range(per_class))
+        assert all(r.path.is_file() and r.path.parent.name == ds.classes()[r.label].dirname for r in records)
+    listed = [*splits.trainval, *splits.test_seen, *splits.test_unseen]
+    assert len({r.path for r in listed}) == len(listed)
+
+
+@pytest.mark.parametrize("ds", BASE_TO_NEW, ids=lambda d: d.name)
+def test_base_and_new_halves_each_cover_every_word(ds: world.DemoDataset):
+    classes = ds.classes()
     assert [c.label for c in classes] == list(range(len(classes)))
+    assert len({(c.attribute, c.noun) for c in classes}) == len(classes) == len(ds.attributes) * len(ds.nouns)
     n_base = math.ceil(len(classes) / 2)
     for half in (classes[:n_base], classes[n_base:]):
-        assert {c.colour for c in half} == set(world.COLOURS)
-        assert {c.shape for c in half} == set(world.SHAPES)
-    # New classes are unseen combinations of seen words, not a fixed colour block.
-    assert len({(c.colour, c.shape) for c in classes}) == len(classes)
+        assert {c.attribute for c in half} == set(ds.attributes)
+        assert {c.noun for c in half} == set(ds.nouns)
+    # New classes are unseen combinations of seen words, not a block of one attribute.
+    assert ds.classes() == classes  # the order is fixed (part of the world's definition)
+
+
+@pytest.mark.parametrize("ds", GZSL, ids=lambda d: d.name)
+def test_unseen_classes_are_unseen_combinations_of_seen_words(ds: world.DemoDataset):
+    classes = ds.classes()
+    unseen = set(ds.unseen_labels())
+    seen = [c for c in classes if c.label not in unseen]
+    assert 0.2 <= len(unseen) / len(classes) <= 0.35  # like CUB (25%), AWA2 and FLO (20%)
+    assert {c.attribute for c in seen} == set(ds.attributes) and {c.noun for c in seen} == set(ds.nouns)
+    for word in (*ds.attributes, *ds.nouns):  # every word is in as many unseen classes as any other
+        assert sum(word in (classes[u].attribute, classes[u].noun) for u in unseen) == 2, word
+    assert sorted(unseen) != list(range(len(classes) - len(unseen), len(classes)))  # interleaved, as in xlsa17
+
+
+def test_datasets_have_disjoint_names_and_shared_words():
+    names = [set(ds.classnames()) for ds in world.DATASETS]
+    assert sum(len(n) for n in names) == len(set().union(*names)) == len(world.global_classnames())
+    shapes, patterns = world.dataset("shapes"), world.dataset("patterns")
+    assert set(patterns.nouns) == set(shapes.nouns)  # cross-dataset transfer shapes -> patterns: shared nouns
+    assert not set(patterns.attributes) & set(shapes.attributes)
+    assert set(world.dataset("zoo").attributes) <= set(shapes.attributes)
 
 
 def test_web_captions_name_their_class(tiny_world: Path):
-    names = world.classnames()
-    rows = json.loads((tiny_world / world.WEB_CAPTIONS_FILE).read_text())
-    assert len(rows) == TINY.web_per_class * len(names)
+    corpus = json.loads((tiny_world / world.WEB_DIR / world.WEB_CAPTIONS_FILE).read_text())
+    assert corpus["classnames"] == world.global_classnames()
+    rows = corpus["images"]
+    assert len(rows) == TINY.web_per_class * len(corpus["classnames"])
     for rel, label, caption in rows:
-        assert (tiny_world / "web" / rel).is_file()
-        colour, shape = names[label].split()
-        assert colour in caption and shape in caption, caption
-    assert len({caption for _, _, caption in rows}) > len(rows) // 2  # varied templates, not one string
+        assert (tiny_world / world.WEB_DIR / rel).is_file()
+        attribute, noun = corpus["classnames"][label].split()
+        assert {attribute, noun} <= set(re.findall(r"\w+", caption)), caption
+    assert len({caption for _, _, caption in rows}) > len(rows) * 0.9  # varied templates, not one string
 
 
 def test_interrupted_generation_leaves_no_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -112,7 +174,12 @@ def test_pretraining_writes_a_loadable_deterministic_checkpoint(
     figures = pretrain_backbone(TINY_TRAINING, tiny_world, first, max_steps=2)
     pretrain_backbone(TINY_TRAINING, tiny_world, second, max_steps=2)
     assert figures["steps"] == 2 and math.isfinite(figures["final_loss"])
-    assert {"zero_shot_base", "zero_shot_new", "train_seconds", "images_per_second"} <= figures.keys()
+    assert {"train_seconds", "train_cpu_seconds", "images_per_second", "web_fit_top1"} <= figures.keys()
+    assert figures["zero_shot"].keys() == {ds.name for ds in world.DATASETS}
+    for ds in world.DATASETS:
+        keys = {"base", "new", "hm"} if ds.kind == "base_to_new" else {"seen", "unseen", "h"}
+        assert figures["zero_shot"][ds.name].keys() == keys
+        assert all(0.0 <= v <= 1.0 for v in figures["zero_shot"][ds.name].values())
 
     a = torch.load(first, weights_only=True)["state_dict"]
     b = torch.load(second, weights_only=True)["state_dict"]

@@ -1,25 +1,24 @@
-"""Metric functions against hand-computed values."""
+"""Metric functions and protocols against hand-computed values."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
 from pipeline.adapters import Adapter, ClassSet, FitResult
 from pipeline.adapters.base import Scorer
-from pipeline.evaluation import accuracy, base_to_new, harmonic_mean, joint, per_class_accuracy, transfer
-from pipeline.features import LabeledFeatures, TaskFeatures
+from pipeline.evaluation import accuracy, harmonic_mean, per_class_accuracy, score_foreign, score_task
+from pipeline.features import EvalSplit, LabeledFeatures, Task
 
-# Six test images (labels 0 0 1 2 3 3); classes 0, 1 are base, 2, 3 new. Row i = image i's scores over 4 classes.
+# Six test images (labels 0 0 1 2 3 3); row i = image i's scores over 4 classes.
 SCORES = torch.tensor(
     [
-        [5.0, 1.0, 9.0, 0.0],  # y=0: base-only -> 0 (right); all classes -> 2 (wrong)
+        [5.0, 1.0, 9.0, 0.0],  # y=0: among {0,1} -> 0 (right); all classes -> 2 (wrong)
         [1.0, 3.0, 0.0, 0.0],  # y=0: -> 1 both ways (wrong)
         [0.0, 4.0, 2.0, 1.0],  # y=1: -> 1 both ways (right)
-        [9.0, 0.0, 3.0, 1.0],  # y=2: new-only -> 2 (right); all -> 0 (wrong)
+        [9.0, 0.0, 3.0, 1.0],  # y=2: among {2,3} -> 2 (right); all -> 0 (wrong)
         [0.0, 0.0, 2.0, 1.0],  # y=3: -> 2 (wrong)
         [0.0, 0.0, 5.0, 2.0],  # y=3: -> 2 (wrong)
     ]
@@ -35,73 +34,75 @@ class FixedScores(Adapter):
     def __init__(self, scores: torch.Tensor):
         super().__init__()
         self.scores = scores
-        self.classes = ClassSet(["a", "b", "c", "d"], torch.eye(4))
+        self.classes = ClassSet(["a", "b", "c", "d"], {"zeroshot": torch.eye(4)})
+        self.logit_scale = 1.0
 
-    def _fit(self, task, tower, seed, on_epoch) -> FitResult:  # pragma: no cover - never trained
+    def _fit(self, *args) -> FitResult:  # pragma: no cover - never trained
         raise NotImplementedError
 
-    def _scorer(self, target: ClassSet, own: bool) -> Scorer:
-        table = self.scores if own else target.text_classifier.T
-        return lambda f: f @ table
+    def _scorer(self) -> Scorer:
+        return lambda f: f @ self.scores
+
+    def _foreign_scorer(self, target: ClassSet, tower) -> Scorer:
+        return lambda f: f @ target.classifier().T
 
 
-def hand_task() -> TaskFeatures:
+def _split(name: str, rows: list[int], classes: list[int], per_class_mean: bool = False) -> EvalSplit:
     ids = torch.eye(6)
+    return EvalSplit(name, LabeledFeatures(ids[rows], LABELS[rows]), classes, per_class_mean)
+
+
+def _task(protocol: str, evals: list[EvalSplit]) -> Task:
     empty = LabeledFeatures(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long))
-    return TaskFeatures(
-        classnames=["a", "b", "c", "d"],
-        base=[0, 1],
-        new=[2, 3],
-        labeled=[0, 1],
-        text_classifier=torch.eye(4),
-        train=empty,
-        val=empty,
-        test=LabeledFeatures(ids, LABELS),
-    )
+    return Task(protocol, ["a", "b", "c", "d"], [0, 1], [2, 3], {"zeroshot": torch.eye(4)}, empty, empty, evals, 1)
 
 
-def test_accuracy_and_harmonic_mean():
-    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    assert accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(200 / 3)
-    assert math.isnan(accuracy(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
+def test_accuracy_and_per_class_mean():
+    pred, labels = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 2])
+    assert accuracy(pred, labels) == pytest.approx(75.0)
+    assert accuracy(pred, labels, per_class_mean=True) == pytest.approx(50.0)  # class 0: 100%, class 2: 0%
+    assert math.isnan(accuracy(torch.zeros(0), torch.zeros(0)))
+
+
+def test_harmonic_mean():
     assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
-    assert harmonic_mean(50.0, 50.0) == pytest.approx(50.0)
-    assert harmonic_mean(0.0, 90.0) == 0.0 and harmonic_mean(90.0, 0.0) == 0.0
+    assert harmonic_mean(0.0, 50.0) == 0.0
     assert math.isnan(harmonic_mean(float("nan"), 50.0))
 
 
-def test_base_to_new_scores_each_split_against_its_own_classes():
-    res = base_to_new(FixedScores(SCORES), hand_task())
-    assert res["base"] == pytest.approx(200 / 3)  # images 0, 2 right of 0, 1, 2
-    assert res["new"] == pytest.approx(100 / 3)  # image 3 right of 3, 4, 5
-    assert res["hm"] == pytest.approx(2 * (200 / 3) * (100 / 3) / 100)
+def test_base_to_new_scores_each_half_in_its_own_label_space():
+    task = _task("base_to_new", [_split("base", [0, 1, 2], [0, 1]), _split("new", [3, 4, 5], [2, 3])])
+    scores = score_task(FixedScores(SCORES), task)
+    assert scores["base"] == pytest.approx(200 / 3)  # images 0 and 2 right
+    assert scores["new"] == pytest.approx(100 / 3)  # image 3 right
+    assert scores["hm"] == pytest.approx(harmonic_mean(200 / 3, 100 / 3))
 
 
-def test_joint_scores_every_image_against_all_classes():
-    res = joint(FixedScores(SCORES), hand_task())
-    assert res["joint_base"] == pytest.approx(100 / 3)  # only image 2
-    assert res["joint_new"] == 0.0
-    assert res["joint_hm"] == 0.0
+def test_gzsl_scores_everything_against_every_class_with_per_class_means():
+    every = [0, 1, 2, 3]
+    task = _task("gzsl", [_split("seen", [0, 1, 2], every, True), _split("unseen", [3, 4, 5], every, True)])
+    scores = score_task(FixedScores(SCORES), task)
+    # seen: class 0 -> 0/2 right (image 0 now goes to class 2), class 1 -> 1/1: mean 50%
+    assert scores["seen"] == pytest.approx(50.0)
+    # unseen: class 2 -> 0/1 (image 3 -> class 0), class 3 -> 0/2: mean 0%
+    assert scores["unseen"] == pytest.approx(0.0)
+    assert scores["hm"] == 0.0
 
 
-def test_per_class_accuracy():
-    table = per_class_accuracy(FixedScores(SCORES), hand_task())
-    assert table.columns == ["class", "classname", "split", "accuracy", "n_test"]
-    rows = {r["class"]: r for r in table.iter_rows(named=True)}
-    assert {c: rows[c]["accuracy"] for c in rows} == pytest.approx({0: 50.0, 1: 100.0, 2: 100.0, 3: 0.0})
-    assert [rows[c]["split"] for c in range(4)] == ["base", "base", "new", "new"]
-    assert rows[0]["classname"] == "a" and rows[3]["n_test"] == 2
+def test_per_class_rows():
+    task = _task("base_to_new", [_split("base", [0, 1, 2], [0, 1]), _split("new", [3, 4, 5], [2, 3])])
+    frame = per_class_accuracy(FixedScores(SCORES), task)
+    rows = {(r["class"], r["split"]): (r["accuracy"], r["n_test"]) for r in frame.iter_rows(named=True)}
+    assert rows == {
+        (0, "base"): (50.0, 2),
+        (1, "base"): (100.0, 1),
+        (2, "new"): (100.0, 1),
+        (3, "new"): (0.0, 2),
+    }
 
 
-def test_no_new_classes_gives_undefined_new_and_h():
-    # Every class labelled (cross-dataset source): "base" is then all images vs all classes, only image 2 right.
-    all_base = replace(hand_task(), base=[0, 1, 2, 3], new=[], labeled=[0, 1, 2, 3])
-    res = base_to_new(FixedScores(SCORES), all_base)
-    assert res["base"] == pytest.approx(100 / 6) and math.isnan(res["new"]) and math.isnan(res["hm"])
-
-
-def test_transfer_scores_a_foreign_class_set():
-    target = ClassSet(["x", "y"], torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]))
-    test = LabeledFeatures(torch.eye(6)[:4], torch.tensor([0, 1, 1, 0]))
-    # image 0 -> x (right), 1 -> y (right), 2 -> y (right), 3 -> y (wrong)
-    assert transfer(FixedScores(SCORES), test, target) == pytest.approx(75.0)
+def test_a_foreign_target_is_scored_against_its_own_classes():
+    target = ClassSet(["w", "x", "y"], {"zeroshot": torch.eye(3)})
+    feats = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
+    acc = score_foreign(FixedScores(SCORES), LabeledFeatures(feats, torch.tensor([0, 2, 2])), target, tower=object())
+    assert acc == pytest.approx(200 / 3)

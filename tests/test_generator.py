@@ -19,7 +19,10 @@ from pipeline.text_tower import TextTower
 
 NAMES = ["cat", "dog", "red car", "tree", "sailing boat", "apple"]
 DIM = 32  # the tiny model's feature dim
-PARAMS = GeneratorParams(prompt_length=2, encoder_hidden=64, bias_hidden=64, batch_size=16, epochs=5, lr=3e-3)
+PARAMS = GeneratorParams(
+    prompt_length=2, encoder_hidden=64, bias_hidden=64, bias_activation="relu", batch_size=16, epochs=5, lr=3e-3
+)
+SEED = 1
 
 
 def clustered(n_per_class: int, views: int, seed: int) -> LabeledFeatures:
@@ -44,8 +47,8 @@ def runs(tiny_tower: TextTower) -> dict:
     return {
         "train": train,
         "val": val,
-        "good": train_generator(train, val, NAMES, tiny_tower, PARAMS, "cpu", show_progress=False),
-        "flipped": train_generator(train, flipped, NAMES, tiny_tower, PARAMS, "cpu", show_progress=False),
+        "good": train_generator(train, val, NAMES, tiny_tower, PARAMS, "cpu", seed=SEED, show_progress=False),
+        "flipped": train_generator(train, flipped, NAMES, tiny_tower, PARAMS, "cpu", seed=SEED, show_progress=False),
     }
 
 
@@ -56,7 +59,8 @@ def test_gradients_reach_encoder_mlp_prompts_but_not_the_tower(tiny_tower: TextT
     assert not model.tower.training  # frozen tower stays in eval whatever the generator's mode
     data = clustered(2, 1, seed=3)
     model.loss(data.features, data.labels, kl_weight=1.0).total.backward()
-    for name, p in [*model.encoder.named_parameters(), *model.bias_mlp.named_parameters(), ("prompts", model.prompts)]:
+    named = [*model.encoder.named_parameters(), *model.mean.named_parameters(), *model.log_var.named_parameters()]
+    for name, p in [*named, *model.bias_mlp.named_parameters(), ("prompts", model.prompts)]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None for p in model.tower.parameters())
     assert all(not p.requires_grad for p in model.tower.parameters())
@@ -76,6 +80,10 @@ def test_shapes_unit_norm_and_state_dict_without_tower(tiny_tower: TextTower):
     assert keys == {
         "prompts",
         *(f"encoder.{k}" for k in model.encoder.state_dict()),
+        "mean.weight",
+        "mean.bias",
+        "log_var.weight",
+        "log_var.bias",
         *(f"bias_mlp.{k}" for k in model.bias_mlp.state_dict()),
     }
     other = make_generator(tiny_tower)
@@ -93,6 +101,61 @@ def test_vae_loss_by_hand():
     assert terms.recon.item() == pytest.approx(2.5)
     assert terms.kl.item() == pytest.approx(kl)
     assert terms.total.item() == pytest.approx(2.5 + 0.5 * kl)
+
+
+def test_initialisation_is_the_references(tiny_tower: TextTower):
+    # SHIP's weights_init: every Linear ~ N(0, 0.02) with zero bias; the prompt vectors ~ N(0, 0.02).
+    model = ShipGenerator(tiny_tower, NAMES, GeneratorConfig(DIM, tiny_tower.width, 4, 512, 512, init_std=0.02))
+    linears = [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear) and not any(m is t for t in model.tower.modules())
+    ]
+    assert len(linears) == 5  # encoder, mean head, log-variance head, two in the bias MLP
+    for layer in linears:
+        assert torch.count_nonzero(layer.bias) == 0
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert abs(layer.weight.mean().item()) < 0.002
+    assert model.prompts.std().item() == pytest.approx(0.02, rel=0.35)
+    leaky = ShipGenerator(
+        tiny_tower, NAMES, GeneratorConfig(DIM, tiny_tower.width, 4, 8, 8, bias_activation="leaky_relu")
+    )
+    assert isinstance(leaky.bias_mlp[1], torch.nn.LeakyReLU) and leaky.bias_mlp[1].negative_slope == 0.2
+
+
+def test_select_last_keeps_the_final_epoch(tiny_tower: TextTower, runs: dict):
+    params = PARAMS.model_copy(update={"epochs": 3, "select": "last"})
+    out = train_generator(
+        runs["flipped"] and runs["train"], runs["val"], NAMES, tiny_tower, params, "cpu", seed=SEED, show_progress=False
+    )
+    assert out.best_epoch == 3 and out.best_val_loss == out.history[-1]["val_loss"]
+
+
+def test_a_diverging_generator_names_its_seed_and_lr(tiny_tower: TextTower, runs: dict):
+    from pipeline.generator_training import TrainingDiverged
+
+    params = PARAMS.model_copy(update={"epochs": 3, "lr": 1e12})
+    with pytest.raises(
+        TrainingDiverged, match=r"generator loss is (nan|inf) in epoch \d \(seed 1\); lower generator\.lr"
+    ):
+        train_generator(runs["train"], runs["val"], NAMES, tiny_tower, params, "cpu", seed=SEED, show_progress=False)
+
+
+def test_unreadable_checkpoints_are_named(tiny_tower: TextTower, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointMismatch, match=r"empty\.pt is not a readable generator checkpoint"):
+        ShipGenerator.load(empty, tiny_tower)
+    with pytest.raises(CheckpointMismatch, match="does not exist"):
+        ShipGenerator.load(tmp_path / "missing.pt", tiny_tower)
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointMismatch, match=r"evil\.pt is not a readable generator checkpoint"):
+        ShipGenerator.load(evil, tiny_tower)
 
 
 def test_loss_falls(runs: dict):
@@ -115,16 +178,14 @@ def test_selection_uses_validation_only(runs: dict):
     # ... yet a different validation set picks a different epoch.
     assert good.best_epoch != flipped.best_epoch
     # The returned model holds the selected epoch's state.
-    again = evaluate(
-        good.model, runs["val"], kl_weight=PARAMS.kl_weight, seed=PARAMS.seed + VAL_SEED_OFFSET, batch_size=16
-    )
+    again = evaluate(good.model, runs["val"], kl_weight=PARAMS.kl_weight, seed=SEED + VAL_SEED_OFFSET, batch_size=16)
     assert again["loss"] == pytest.approx(good.best_val_loss, rel=1e-5)
     assert not good.model.training
 
 
 def test_training_is_deterministic(tiny_tower: TextTower, runs: dict):
     params = PARAMS.model_copy(update={"epochs": 2})
-    a = train_generator(runs["train"], runs["val"], NAMES, tiny_tower, params, "cpu", show_progress=False)
+    a = train_generator(runs["train"], runs["val"], NAMES, tiny_tower, params, "cpu", seed=SEED, show_progress=False)
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in runs["good"].history[:2]]
     assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in runs["good"].history[:2]]
 

@@ -1,116 +1,143 @@
-"""Stage glue through the `ship` CLI on tiny stores: cross-dataset transfer and the store/backbone checks."""
+"""Every stage through the `ship` CLI on a tiny world: the three experiment families end to end, and the checks."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import polars as pl
+import pytest
 import yaml
 from typer.testing import CliRunner
 
+from pipeline.feature_store import FeatureStore
+from pipeline.layout import Layout
 from stages.cli import app
-from tests.conftest import TINY_MODEL
-from tests.extract_fixtures import tiny_checkpoint, write_images
+from tests import tiny_world
 
 runner = CliRunner()
 
 
-def _folder(root: Path, seed: int) -> Path:
-    write_images(root / "train", 4, seed=seed)
-    write_images(root / "val", 2, seed=seed + 1)
-    write_images(root / "test", 3, seed=seed + 2)
-    return root
-
-
-def _params(tmp_path: Path, ckpt: Path, root: Path, name: str, **extra) -> Path:
-    params = {
-        "backbone": {"model": TINY_MODEL, "pretrained": str(ckpt), "device": "cpu"},
-        "dataset": {
-            "kind": "imagefolder",
-            "name": name,
-            "root": str(root),
-            "shots": 2,
-            "val_shots": 1,
-            "labeled_classes": "all",
-        },
-        "extract": {"views": 1, "workers": 0},
-        **extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
-def _ok(args: list[str]) -> None:
+def _ok(args: list[str]) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    return result.output
 
 
-def test_finetune_with_transfer_targets_writes_transfer_metrics(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
-    source = _params(tmp_path, ckpt, _folder(tmp_path / "src", 1), "source")
-    target = _params(tmp_path, ckpt, _folder(tmp_path / "tgt", 10), "target")
-    _ok(["extract", "-p", str(source), "--out", str(tmp_path / "source.zarr")])
-    _ok(["extract", "-p", str(target), "--out", str(tmp_path / "target.zarr")])
-    _ok(
-        [
-            "finetune",
-            "-p",
-            str(source),
-            "--features",
-            str(tmp_path / "source.zarr"),
-            "--results",
-            str(tmp_path / "results"),
-            "--metrics",
-            str(tmp_path / "m.json"),
-            "--plots",
-            str(tmp_path / "p"),
-            "-S",
-            "finetune.methods=[zeroshot, coop, tip_adapter_f]",
-            "-S",
-            "finetune.seeds=[1, 2]",
-            "-S",
-            "finetune.coop.epochs=1",
-            "-S",
-            "finetune.tip_adapter_f.epochs=1",
-            "-S",
-            f"finetune.transfer_stores=[{tmp_path / 'target.zarr'}]",
-        ]
-    )
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) == {"zeroshot", "coop", "tip_adapter_f"}
-    for m in metrics.values():
-        assert 0.0 <= m["transfer.target"] <= 100.0 and "transfer.average" in m
-    # Tip-Adapter-F's cache knows nothing of foreign classes: on the target it is zero-shot CLIP.
-    assert metrics["tip_adapter_f"]["transfer.target"] == metrics["zeroshot"]["transfer.target"]
-    transfer = pl.read_csv(tmp_path / "results" / "transfer.csv")
-    assert transfer.shape[0] == 3 * 2 and set(transfer["dataset"]) == {"target"}
-    assert sorted(p.name for p in (tmp_path / "p" / "finetune_val_acc").iterdir()) == [
-        "coop.csv",
-        "tip_adapter_f.csv",
-        "zeroshot.csv",
-    ]
+def _stage_commands(params: dict) -> list[list[str]]:
+    """The DAG's commands in dependency order, as dvc.yaml's matrix expands them."""
+    seeds = [str(s) for s in params["seeds"]]
+    cmds = [["extract-eval", "-d", d] for d in params["datasets"]]
+    for d in params["base_to_new"]["datasets"]:
+        for s in seeds:
+            common = ["--protocol", "base_to_new", "-d", d, "--seed", s]
+            cmds += [["extract-train", *common], ["train-generator", *common]]
+            cmds += [["synthesize", *common], ["finetune", *common]]
+    for src in params["cross_dataset"]["sources"]:
+        for s in seeds:
+            common = ["--protocol", "cross_dataset", "-d", src, "--seed", s]
+            cmds += [["extract-train", *common], ["train-generator", *common], ["finetune", *common]]
+            for t in params["cross_dataset"]["targets"]:
+                cmds += [["synthesize", *common, "--target", t], ["finetune", *common, "--target", t]]
+    for g in params["gzsl"]["datasets"]:
+        cmds.append(["extract-train", "--protocol", "gzsl", "-d", g])
+        for s in seeds:
+            common = ["--protocol", "gzsl", "-d", g, "--seed", s]
+            cmds += [["train-generator", *common], ["synthesize", *common], ["finetune", *common]]
+    return cmds
 
 
-def test_stages_refuse_a_store_of_another_backbone(tmp_path):
-    source = _params(tmp_path, tiny_checkpoint(tmp_path / "a.pt", seed=0), _folder(tmp_path / "src", 1), "source")
-    _ok(["extract", "-p", str(source), "--out", str(tmp_path / "f.zarr")])
-    other = _params(tmp_path, tiny_checkpoint(tmp_path / "b.pt", seed=1), tmp_path / "src", "other")
-    result = runner.invoke(
-        app,
-        [
-            "train-generator",
-            "-p",
-            str(other),
-            "--features",
-            str(tmp_path / "f.zarr"),
-            "--out",
-            str(tmp_path / "g.pt"),
-            "--curve",
-            str(tmp_path / "c.csv"),
-        ],
-    )
-    assert result.exit_code == 1
-    assert "weights_id" in result.output and "rerun extract" in result.output
-    assert not (tmp_path / "g.pt").exists()
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stages")
+    params = tiny_world.build(tmp)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    work = tmp / "work"
+    for cmd in _stage_commands(params):
+        _ok([*cmd, "-p", str(path), "--workdir", str(work)])
+    _ok(["report", "-p", str(path), "--workdir", str(work), "--out", str(work / "reports")])
+    return params, path, work
+
+
+def test_every_protocol_writes_its_scores(ran):
+    params, _, work = ran
+    layout = Layout(work)
+    methods = set(params.get("finetune", {}).get("methods", [])) or {
+        "zeroshot",
+        "coop",
+        "coop_ship",
+        "clip_adapter",
+        "clip_adapter_ship",
+        "tip_adapter_f",
+        "tip_adapter_f_ship",
+    }
+    b2n = json.loads((layout.finetune_results("base_to_new", "alpha", 1) / "scores.json").read_text())
+    assert set(b2n["methods"]) == methods
+    assert {"base", "new", "hm"} <= set(b2n["methods"]["coop_ship"]["scores"])
+    gz = json.loads((layout.finetune_results("gzsl", "gamma", 2) / "scores.json").read_text())
+    assert {"seen", "unseen", "hm"} <= set(gz["methods"]["tip_adapter_f_ship"]["scores"])
+    src = json.loads((layout.finetune_results("cross_dataset", "alpha", 1) / "scores.json").read_text())
+    assert set(src["methods"]) == {m for m in methods if not m.endswith("_ship")}
+    xd = json.loads((layout.finetune_results("cross_dataset", "alpha", 1, "beta") / "scores.json").read_text())
+    assert set(xd["methods"]) == methods
+    assert set(xd["methods"]["coop_ship"]["scores"]) == {"source", "beta"}
+    assert set(xd["methods"]["coop"]["scores"]) == {"beta"}
+
+
+def test_report_aggregates_every_family(ran):
+    _, _, work = ran
+    reports = work / "reports"
+    b2n = json.loads((reports / "metrics" / "base_to_new.json").read_text())
+    assert set(b2n) == {"average", "alpha", "beta"}
+    assert {"base", "base_std", "new", "new_std", "hm", "hm_std"} <= set(b2n["alpha"]["coop"])
+    xd = json.loads((reports / "metrics" / "cross_dataset.json").read_text())
+    assert {"source", "beta", "target_average"} <= set(xd["alpha"]["coop_ship"])
+    gz = json.loads((reports / "metrics" / "gzsl.json").read_text())
+    assert {"unseen", "seen", "hm"} <= set(gz["gamma"]["zeroshot"])
+    for table in ("base_to_new.md", "cross_dataset.md", "gzsl.md", "generator.md"):
+        assert "| CoOp + SHIP |" in (reports / table).read_text() or table == "generator.md"
+    assert (reports / "plots" / "val_acc" / "base_to_new-alpha-coop.csv").exists()
+
+
+def test_stores_hold_what_each_stage_needs(ran):
+    params, _, work = ran
+    layout = Layout(work)
+    ev = FeatureStore.open(layout.eval_store("gamma"), kind="eval")
+    assert ev.meta["seen"] == [0, 1, 2] and ev.meta["unseen"] == [3, 4]
+    train = FeatureStore.open(layout.train_store("base_to_new", "alpha", 1), kind="train")
+    feats = train.split("train")
+    assert feats.features.shape[1] == 1 + params["extract"]["views"]  # clean + augmented views
+    assert set(feats.labels.tolist()) == {0, 1, 2}  # base classes only
+    assert feats.norms is not None and (feats.norms > 0).all()
+    syn = FeatureStore.open(layout.synthetic("cross_dataset", "alpha", 1, "beta"), kind="synthetic")
+    assert syn.meta["classes"] == [0, 1, 2, 3] and syn.classnames == tiny_world.BETA
+    # No absolute path of the checkout in any store's metadata: bytes must not depend on where the repo lives.
+    for path in (layout.eval_store("alpha"), layout.train_store("cross_dataset", "alpha", 2)):
+        assert str(work) not in json.dumps(FeatureStore.open(path).meta)
+
+
+def test_a_seed_outside_params_and_a_missing_target_store_are_refused(ran):
+    _, path, work = ran
+    result = runner.invoke(app, ["finetune", "--protocol", "gzsl", "-d", "gamma", "--seed", "9", "-p", str(path)])
+    assert result.exit_code == 2 and "seed 9 is not in params seeds" in result.output
+    empty = work.parent / "empty"
+    args = ["finetune", "--protocol", "base_to_new", "-d", "alpha", "--seed", "1", "-p", str(path), "--workdir"]
+    result = runner.invoke(app, [*args, str(empty)])
+    assert result.exit_code == 1 and "no feature store at" in result.output and "Traceback" not in result.output
+
+
+def test_cli_help_explains_every_command():
+    result = runner.invoke(app, ["--help"])
+    for command in ("extract-eval", "extract-train", "train-generator", "synthesize", "finetune", "report"):
+        assert command in result.output
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0 and "--params" in sub.output and "--set" in sub.output
+
+
+def test_protocol_names_match_the_layout():
+    assert {p.value for p in __import__("stages.cli", fromlist=["ProtocolName"]).ProtocolName} == {
+        "base_to_new",
+        "cross_dataset",
+        "gzsl",
+    }
+    assert Path(Layout().eval_store("x")) == Path("data/features/x/eval.zarr")

@@ -8,7 +8,13 @@ import torch.nn.functional as F
 
 from pipeline.features import LabeledFeatures
 from pipeline.generator import GeneratorConfig, ShipGenerator
-from pipeline.synthesis import synthesize_features, synthetic_real_cosine, synthetic_zeroshot_accuracy
+from pipeline.synthesis import (
+    FreshSource,
+    PoolSource,
+    synthesize_features,
+    synthetic_real_cosine,
+    synthetic_zeroshot_accuracy,
+)
 from pipeline.text_tower import TextTower
 
 NAMES = ["cat", "dog", "red car", "tree", "sailing boat", "apple"]
@@ -73,3 +79,35 @@ def test_synthetic_real_cosine_by_hand():
     assert synthetic_real_cosine(synthetic, real) == pytest.approx((0.5 + 0.9) / 2)
     with pytest.raises(ValueError, match="no class"):
         synthetic_real_cosine(synthetic, LabeledFeatures(clean[:1], torch.tensor([4])))
+
+
+def test_pool_source_draws_classes_uniformly_from_its_features():
+    # Class 7 has 3 features, class 9 has 30: a uniform class draw still gives each class about half the samples.
+    feats = F.normalize(torch.randn(33, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    labels = torch.tensor([7] * 3 + [9] * 30)
+    pool = PoolSource(LabeledFeatures(feats, labels))
+    assert pool.classes == [7, 9]
+    x, y = pool.draw(4000, torch.Generator().manual_seed(1))
+    assert x.shape == (4000, 8) and set(y.tolist()) == {7, 9}
+    assert abs(float((y == 7).float().mean()) - 0.5) < 0.03
+    rows = {tuple(r) for r in feats[labels == 7].tolist()}
+    assert {tuple(r) for r in x[y == 7].tolist()} <= rows  # every drawn feature is one of the class's own
+    again = pool.draw(4000, torch.Generator().manual_seed(1))
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)
+    cache = pool.pool(2, torch.Generator().manual_seed(2))
+    assert sorted(cache.labels.tolist()) == [7, 7, 9, 9]
+
+
+def test_fresh_source_decodes_new_latents_for_uniform_label_only_classes(generator: ShipGenerator):
+    fresh = FreshSource(generator, [3, 5])
+    x1, y1 = fresh.draw(64, torch.Generator().manual_seed(0))
+    x2, y2 = fresh.draw(64, torch.Generator().manual_seed(0))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # seeded by the caller's generator
+    assert set(y1.tolist()) == {3, 5}
+    torch.testing.assert_close(x1.norm(dim=-1), torch.ones(64))
+    g = torch.Generator().manual_seed(0)
+    a, _ = fresh.draw(8, g)
+    b, _ = fresh.draw(8, g)
+    assert not torch.allclose(a, b)  # every draw decodes new latents
+    with pytest.raises(ValueError, match="not all among"):
+        FreshSource(generator, [99])

@@ -1,24 +1,38 @@
-"""Fine-tuning methods on cached CLIP features, behind one interface (`Adapter`), built by name."""
+"""Fine-tuning methods on cached features, behind one interface (`Adapter`), built by name."""
 
 from __future__ import annotations
 
-from pipeline.adapters.base import Adapter, ClassSet, FitResult
+from pipeline.adapters.base import Adapter, ClassSet, FitResult, TrainingDiverged
 from pipeline.adapters.clip_adapter import ClipAdapter
 from pipeline.adapters.coop import CoOp
 from pipeline.adapters.tip_adapter_f import TipAdapterF
 from pipeline.adapters.zeroshot import ZeroShot
 from pipeline.params.finetune import FinetuneParams, Method
 
-__all__ = ["Adapter", "ClassSet", "ClipAdapter", "CoOp", "FitResult", "TipAdapterF", "ZeroShot", "build_adapter"]
+__all__ = [
+    "Adapter",
+    "ClassSet",
+    "ClipAdapter",
+    "CoOp",
+    "FitResult",
+    "TipAdapterF",
+    "TrainingDiverged",
+    "ZeroShot",
+    "build_adapter",
+]
 
 
-def build_adapter(method: Method, params: FinetuneParams) -> Adapter:
-    """A fresh, unfitted adapter; `<name>_ship` is `<name>` trained with synthetic label-only-class features."""
+def build_adapter(method: Method | str, params: FinetuneParams) -> Adapter:
+    """A fresh, unfitted adapter. `coop_ship` has its own section (SHIP's recipe); `clip_adapter_ship` and
+    `tip_adapter_f_ship` train with their base method's recipe plus synthetic features (no reference code exists
+    for them)."""
     base, ship = method.removesuffix("_ship"), method.endswith("_ship")
-    if base == "zeroshot" and not ship:
+    if method == "zeroshot":
         return ZeroShot()
-    if base == "coop":
-        return CoOp(params.coop, use_synthetic=ship)
+    if method == "coop":
+        return CoOp(params.coop)
+    if method == "coop_ship":
+        return CoOp(params.coop_ship, use_synthetic=True)
     if base == "clip_adapter":
         return ClipAdapter(params.clip_adapter, use_synthetic=ship)
     if base == "tip_adapter_f":

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.adapters.base import Adapter, ClassSet, EpochCallback, FitResult, Scorer, TrainingData, train_dassl_sgd
-from pipeline.features import TaskFeatures
+from pipeline.adapters.base import (
+    Adapter,
+    ClassSet,
+    EpochCallback,
+    FitResult,
+    Scorer,
+    TrainingData,
+    train,
+)
+from pipeline.features import Task
 from pipeline.params.finetune import CoOpParams
+from pipeline.synthesis import SyntheticSource
 from pipeline.text_tower import TextTower
 
 
@@ -25,56 +35,71 @@ class CoOp(Adapter):
     """CoOp (and CoOp+SHIP with `use_synthetic=True`).
 
     Training: the class prompts of the label space go through the frozen `TextTower` at every step (the gradient
-    reaches only the context); logits = scale * f t^T; SGD + Dassl's warm-up/cosine schedule (per epoch). With SHIP
-    the label space holds the label-only classes too and every batch carries as many synthetic features as real
-    ones (SHIP's CoOp+SHIP recipe).
+    reaches only the context); logits = scale * f t^T. With SHIP the label space holds the label-only classes too and
+    every batch carries as many synthetic features as real ones (SHIP's CoOp+SHIP). The recipe (optimizer, schedule,
+    epochs, batch size) is the method's params section: CoOp's Dassl config for `coop`, SHIP's for `coop_ship`.
 
-    Model selection: the epoch with the best accuracy on `task.val` (labelled classes, scored in the training label
-    space) is kept; test features are never touched.
-
-    Scoring: any class set, own or foreign — the learned context is spliced in front of the target's class names.
+    Scoring: any class set, own or foreign — the learned context is spliced in front of the class names.
     """
 
     name = "coop"
+    params: CoOpParams
 
     def __init__(self, params: CoOpParams, use_synthetic: bool = False):
-        super().__init__(use_synthetic)
-        self.params = params
+        super().__init__(params, use_synthetic)
         self.context: PromptContext | None = None
-        self.tower: TextTower | None = None
         self._own_text: torch.Tensor | None = None  # [C, E] text features of the fitted task's classes
 
-    def _fit(self, task: TaskFeatures, tower: TextTower, seed: int, on_epoch: EpochCallback | None) -> FitResult:
+    def _fit(
+        self,
+        task: Task,
+        tower: TextTower,
+        seed: int,
+        select: str,
+        synthetic: SyntheticSource | None,
+        on_epoch: EpochCallback | None,
+    ) -> FitResult:
         p = self.params
-        self.tower = tower
         if p.ctx_init:
             ctx = tower.context_init(p.ctx_init, p.n_ctx)
         else:  # CoOp's generic init: N(0, 0.02^2)
-            gen = torch.Generator().manual_seed(seed)
-            ctx = 0.02 * torch.randn(p.n_ctx, tower.width, generator=gen)
+            ctx = 0.02 * torch.randn(p.n_ctx, tower.width, generator=torch.Generator().manual_seed(seed))
         self.context = PromptContext(ctx.to(tower.device, torch.float32))
         prompts, eot = tower.context_prompts([task.classnames[c] for c in self.label_space], p.n_ctx)
 
         def forward(features: torch.Tensor) -> torch.Tensor:
-            text = tower.encode_embeddings(tower.splice_context(prompts, self.context.ctx), eot)
+            assert self.context is not None
+            text = tower.encode_prompts(prompts, eot, self.context.ctx)
             return self.logit_scale * features @ text.T
 
-        data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
-        result = train_dassl_sgd(self.context, forward, p, data, on_epoch)
-        self._own_text = self.text_features(task.classnames)
+        data = TrainingData(task, self.label_space, p, seed, self.device, synthetic)
+        result = train(self.context, forward, p, data, select=select, method=self.method, seed=seed, on_epoch=on_epoch)
+        self._own_text = self.text_features(tower, task.classnames)
         return result
 
     @torch.no_grad()
-    def text_features(self, classnames: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def text_features(self, tower: TextTower, classnames: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """[C, E] normalised text features of "[learned context] {name}." for each name."""
-        assert self.tower is not None and self.context is not None
+        assert self.context is not None
         out = []
         for i in range(0, len(classnames), batch_size):
-            prompts, eot = self.tower.context_prompts(classnames[i : i + batch_size], self.params.n_ctx)
-            out.append(self.tower.encode_embeddings(self.tower.splice_context(prompts, self.context.ctx), eot))
+            prompts, eot = tower.context_prompts(classnames[i : i + batch_size], self.params.n_ctx)
+            out.append(tower.encode_prompts(prompts, eot, self.context.ctx))
         return torch.cat(out).float()
 
-    def _scorer(self, target: ClassSet, own: bool) -> Scorer:
-        text = self._own_text if own else self.text_features(target.classnames)
+    def _scorer(self) -> Scorer:
+        text = self._own_text
         assert text is not None
         return lambda f: self.logit_scale * f @ text.T
+
+    def _foreign_scorer(self, target: ClassSet, tower: TextTower) -> Scorer:
+        text = self.text_features(tower, target.classnames)
+        return lambda f: self.logit_scale * f @ text.T
+
+    def export(self) -> dict[str, Any]:
+        assert self.context is not None
+        return {**super().export(), "ctx": self.context.ctx.detach().cpu()}
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        super().restore(state, device)
+        self.context = PromptContext(state["ctx"].to(device, torch.float32))

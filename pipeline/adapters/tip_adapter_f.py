@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,12 @@ from pipeline.adapters.base import (
     local_labels,
     train,
 )
-from pipeline.features import TaskFeatures
+from pipeline.features import LabeledFeatures, Task
 from pipeline.params.finetune import TipAdapterFParams
+from pipeline.synthesis import SyntheticSource
 from pipeline.text_tower import TextTower
+
+CLASSIFIER = "tip_adapter_f"  # the task classifier built from Tip-Adapter's templates
 
 
 class CacheKeys(nn.Module):
@@ -31,99 +34,118 @@ class CacheKeys(nn.Module):
         self.weight = nn.Parameter(keys.clone())
 
 
+def cache_keys(train: LabeledFeatures, views: int | None) -> torch.Tensor:
+    """Tip-Adapter's keys: per image the L2-normalised mean of the raw encoder outputs of its augmented views
+    (build_cache_model averages `augment_epoch` encodings of augmented images, then normalises). Without cached
+    augmented views, the clean view."""
+    if not train.has_views or train.augmented_views == 0:
+        return train.clean().features.float()
+    k = train.augmented_views if views is None else min(views, train.augmented_views)
+    if train.norms is None:
+        raw = train.features[:, 1 : 1 + k].float()  # no norms cached: unit vectors (approximation)
+    else:
+        raw = train.features[:, 1 : 1 + k].float() * train.norms[:, 1 : 1 + k, None].float()
+    return F.normalize(raw.mean(dim=1), dim=-1)
+
+
+def search_grid(scale: float, steps: int) -> list[float]:
+    """Tip-Adapter's search values: `steps` points i (scale - 0.1) / steps + 0.1, i = 0..steps-1 (utils.search_hp)."""
+    return [i * (scale - 0.1) / steps + 0.1 for i in range(steps)]
+
+
 class TipAdapterF(Adapter):
     """Tip-Adapter-F (and Tip-Adapter-F+SHIP with `use_synthetic=True`).
 
-    logits = scale * f W_text^T + alpha * exp(-beta * (1 - f K^T)) V, where K (learnable, initialised with the clean
-    view of every training image) are the cache keys and V their one-hot labels over all task classes. With SHIP
-    the cache also holds synthetic features of the label-only classes (`synthetic_cache_per_class` of each), and
-    the synthetic features join the training batches. A class without cache entries gets no cache term.
+    logits = scale * f W^T + alpha * exp(-beta * (1 - f K^T)) V, where W is the zero-shot classifier of Tip-Adapter's
+    templates, K (learnable) the cache keys of the training images and V their one-hot labels over the label space.
+    With SHIP the cache also holds synthetic features of the label-only classes (`synthetic_cache_per_class` each,
+    default the shot count) and the synthetic features join the training batches. A class without cache entries gets
+    no cache term.
 
-    Training: AdamW + per-step cosine, alpha/beta fixed at their initial values (as in the released code).
+    Training: AdamW + per-step cosine, alpha/beta fixed at their initial values (as the released code). Model
+    selection per `select`; then alpha and beta are searched on `task.val` over Tip-Adapter's grid (the first best
+    pair in beta-major order, as utils.search_hp). Test features are never touched.
 
-    Model selection: the epoch with the best accuracy on `task.val` is kept; then alpha and beta are grid-searched
-    on `task.val` (the initial pair is kept unless a grid pair is strictly better). Both in the training label
-    space; test features are never touched.
-
-    Scoring a foreign class set (cross-dataset transfer): the cache's values are labels of the fitted task's
-    classes, so they say nothing about other classes; the cache term is dropped and the scores are the text term
-    alone, i.e. zero-shot CLIP with the target's classifier (the learned keys are the only trained state).
+    Scoring a foreign class set (cross-dataset transfer): the cache's values are labels of the fitted task's classes
+    and say nothing about other classes, so the cache term is dropped: zero-shot CLIP with the target's classifier.
     """
 
     name = "tip_adapter_f"
+    params: TipAdapterFParams
 
     def __init__(self, params: TipAdapterFParams, use_synthetic: bool = False):
-        super().__init__(use_synthetic)
-        self.params = params
-        self.alpha = params.alpha
-        self.beta = params.beta
+        super().__init__(params, use_synthetic)
+        self.alpha = 1.0
+        self.beta = 1.0
         self.keys: CacheKeys | None = None
         self.values: torch.Tensor | None = None  # [K, C] one-hot over all task classes
-
-    def build_cache(self, task: TaskFeatures, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keys [K, D], global labels [K]): clean training features, + synthetic ones with SHIP."""
-        clean = task.train.clean()
-        keys, labels = [clean.features.cpu()], [clean.labels.cpu()]
-        if self.use_synthetic and task.synthetic is not None:
-            per_class = self.params.synthetic_cache_per_class or int(torch.bincount(labels[0]).max().item())
-            syn_features, syn_labels = task.synthetic.features.cpu(), task.synthetic.labels.cpu()
-            for c in syn_labels.unique().tolist():
-                rows = torch.nonzero(syn_labels == c).squeeze(1)
-                rows = rows[torch.randperm(len(rows), generator=generator)[:per_class]]
-                keys.append(syn_features[rows])
-                labels.append(syn_labels[rows])
-        return torch.cat(keys).float(), torch.cat(labels)
 
     def _cache_logits(self, features: torch.Tensor, values: torch.Tensor, beta: float) -> torch.Tensor:
         assert self.keys is not None
         affinity = features @ self.keys.weight.T
         return torch.exp(-beta * (1.0 - affinity)) @ values
 
-    def _fit(self, task: TaskFeatures, tower: TextTower, seed: int, on_epoch: EpochCallback | None) -> FitResult:
+    def _fit(
+        self,
+        task: Task,
+        tower: TextTower,
+        seed: int,
+        select: str,
+        synthetic: SyntheticSource | None,
+        on_epoch: EpochCallback | None,
+    ) -> FitResult:
         p = self.params
-        self.alpha, self.beta = p.alpha, p.beta
-        keys, key_labels = self.build_cache(task, torch.Generator().manual_seed(seed))
-        self.keys = CacheKeys(keys.to(self.device))
-        self.values = F.one_hot(key_labels, len(task.classnames)).float().to(self.device)
+        if p.init_alpha is None or p.init_beta is None or p.search_scale is None:
+            raise ValueError("tip_adapter_f params are not resolved for a dataset (init_alpha/init_beta/search_scale)")
+        self.alpha, self.beta = p.init_alpha, p.init_beta
+        generator = torch.Generator().manual_seed(seed)
+        keys, key_labels = [cache_keys(task.train, p.cache_views).cpu()], [task.train.labels.cpu()]
+        if synthetic is not None:
+            pool = synthetic.pool(p.synthetic_cache_per_class or task.shots, generator)
+            keys.append(F.normalize(pool.features.float().cpu(), dim=-1))
+            key_labels.append(pool.labels.cpu())
+        self.keys = CacheKeys(torch.cat(keys).to(self.device))
+        self.values = F.one_hot(torch.cat(key_labels), len(task.classnames)).float().to(self.device)
         values = self.values[:, self.label_space]
-        weights = task.text_classifier[self.label_space].to(self.device, torch.float32)
+        weights = task.classifier(CLASSIFIER)[self.label_space].to(self.device, torch.float32)
 
         def forward(features: torch.Tensor) -> torch.Tensor:
             text = self.logit_scale * features @ weights.T
             return text + self.alpha * self._cache_logits(features, values, self.beta)
 
-        data = TrainingData(task, self.label_space, self.use_synthetic, p.batch_size, seed, self.device)
-        optimizer = torch.optim.AdamW(self.keys.parameters(), lr=p.lr, eps=p.eps, weight_decay=p.weight_decay)
-        total_steps = p.epochs * len(data)
-        result = train(
-            self.keys,
-            forward,
-            optimizer,
-            lambda _epoch, step: 0.5 * p.lr * (1.0 + math.cos(math.pi * step / total_steps)),
-            data,
-            p.epochs,
-            on_epoch,
-        )
+        data = TrainingData(task, self.label_space, p, seed, self.device, synthetic)
+        result = train(self.keys, forward, p, data, select=select, method=self.method, seed=seed, on_epoch=on_epoch)
 
-        # alpha/beta search on validation features, with the selected keys.
+        # alpha/beta search on validation features, with the kept keys (Tip-Adapter's search_hp).
         val = task.val.features.to(self.device, torch.float32)
         val_labels = local_labels(task.val.labels.to(self.device), self.label_space, len(task.classnames))
-        best_acc = result.best_val_acc
+        alphas = torch.tensor(search_grid(p.search_scale[1], p.search_steps[1]), device=self.device)
+        best_acc = 0.0
         with torch.no_grad():
             text = self.logit_scale * val @ weights.T
-            for beta in p.search_beta:
+            for beta in search_grid(p.search_scale[0], p.search_steps[0]):
                 cache = self._cache_logits(val, values, beta)
-                for alpha in p.search_alpha:
-                    acc = 100.0 * ((text + alpha * cache).argmax(dim=-1) == val_labels).float().mean().item()
-                    if acc > best_acc:
-                        best_acc, self.alpha, self.beta = acc, alpha, beta
+                logits = text.unsqueeze(0) + alphas.view(-1, 1, 1) * cache.unsqueeze(0)  # [alphas, N, C]
+                accs = 100.0 * (logits.argmax(dim=-1) == val_labels).float().mean(dim=1)
+                i = int(accs.argmax())  # the first maximum: the reference keeps a pair only if strictly better
+                if float(accs[i]) > best_acc:
+                    best_acc, self.alpha, self.beta = float(accs[i]), float(alphas[i]), beta
         result.info = {"alpha": self.alpha, "beta": self.beta, "searched_val_acc": best_acc}
         return result
 
-    def _scorer(self, target: ClassSet, own: bool) -> Scorer:
-        weights = target.text_classifier.to(self.device, torch.float32)
-        if not own:
-            return lambda f: self.logit_scale * f @ weights.T
-        assert self.values is not None
+    def _scorer(self) -> Scorer:
+        assert self.values is not None and self.classes is not None
         values = self.values
+        weights = self.classes.classifier(CLASSIFIER).to(self.device, torch.float32)
         return lambda f: self.logit_scale * f @ weights.T + self.alpha * self._cache_logits(f, values, self.beta)
+
+    def _foreign_scorer(self, target: ClassSet, tower: TextTower) -> Scorer:
+        weights = target.classifier(CLASSIFIER).to(self.device, torch.float32)
+        return lambda f: self.logit_scale * f @ weights.T
+
+    def export(self) -> dict[str, Any]:
+        return {**super().export(), "alpha": self.alpha, "beta": self.beta}
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> None:
+        super().restore(state, device)
+        self.alpha, self.beta = float(state["alpha"]), float(state["beta"])

@@ -2,11 +2,17 @@
 
 Nine datasets ship a `split_zhou_*.json` file: {"train"|"val"|"test": [[impath, label, classname], ...]} with
 `impath` relative to the dataset's image directory. FGVC-Aircraft and ImageNet have no such file and are read
-from their original annotation files. The demo dataset writes the same split format (`split_demo.json`) so it
-goes through the same code path.
+from their original annotation files / folders. The demo dataset writes the same split format (`split_demo.json`)
+so it goes through the same code path.
 
-Images are never opened or stat-ed one by one here (ImageNet has 1.3M): only the image directory and the
-first image of each split are checked, which catches a wrong root or a wrong image-directory prefix.
+Record order matters: CoOp's few-shot draw (`pipeline.datasets.fewshot`) groups images by label in the order
+they are listed, so every loader keeps CoOp's order (split-file order; ImageNet: the filesystem's listing order).
+
+Every entry must stay inside its image directory (`pipeline.datasets.paths`): `..`, absolute entries and
+symlinks leading out are a DatasetError naming the entry and the file that listed it. Images are never opened
+or stat-ed one by one (ImageNet has 1.3M): only the first image of each split is checked for existence, which
+catches a wrong root or a wrong image-directory prefix. `meta` holds paths relative to the dataset root, so
+store metadata does not depend on where the data (or the repository) lives.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.datasets.fewshot import VAL_FROM_TRAIN
 from pipeline.datasets.imagefolder import IMAGE_EXTENSIONS
+from pipeline.datasets.paths import ImageRoot
 from pipeline.datasets.records import DatasetError, DatasetSplits, ImageRecord
 
 SPLIT_NAMES = ("train", "val", "test")
-# CoOp uses ImageNet's official val set as test, so a validation set is carved out of train instead.
-IMAGENET_VAL_PER_CLASS = 50
 
 
 @dataclass(frozen=True)
@@ -46,12 +52,12 @@ SPLIT_FILE_LAYOUTS: dict[str, SplitFileLayout] = {
 }
 DEMO_LAYOUT = SplitFileLayout("images", "split_demo.json")
 
-FGVC_AIRCRAFT_LAYOUT = "data/images/<id>.jpg, data/variants.txt, data/images_variant_{train,val,test}.txt"
+FGVC_AIRCRAFT_LAYOUT = "images/<id>.jpg, variants.txt, images_variant_{train,val,test}.txt (all in <root>)"
 IMAGENET_LAYOUT = "images/train/<wnid>/*.JPEG, images/val/<wnid>/*.JPEG, classnames.txt ('<wnid> <class name>')"
 
 
 def clean_classname(raw: str) -> str:
-    """CoOp stores names like 'american_bulldog'; prompts need 'american bulldog'."""
+    """CoOp stores names like 'american_bulldog' and replaces '_' by ' ' in prompts: 'american bulldog'."""
     return " ".join(raw.replace("_", " ").split())
 
 
@@ -86,7 +92,7 @@ def _parse_entry(entry: Any, split_file: Path, split: str, index: int) -> tuple[
     if not (isinstance(entry, list) and len(entry) == 3):
         raise DatasetError(f"{where}: expected [impath, label, classname]")
     impath, label, classname = entry
-    if not isinstance(impath, str) or not impath or Path(impath).is_absolute():
+    if not isinstance(impath, str) or not impath:
         raise DatasetError(f"{where}: impath must be a non-empty path relative to the image directory")
     # bool is an int subclass; a JSON true/false label is a corrupt file, not label 1/0
     if not isinstance(label, int) or isinstance(label, bool) or label < 0:
@@ -96,8 +102,16 @@ def _parse_entry(entry: Any, split_file: Path, split: str, index: int) -> tuple[
     return impath, label, clean_classname(classname)
 
 
+def _relative_to_root(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root else "."
+
+
 def load_split_file_dataset(name: str, root: Path, layout: SplitFileLayout) -> DatasetSplits:
-    """Read a dataset described by a split_zhou-format JSON file (CoOp's nine split-file datasets, and the demo)."""
+    """Read a dataset described by a split_zhou-format JSON file (CoOp's nine split-file datasets, and the demo).
+
+    Records keep the split file's order (CoOp's draw depends on it); every impath must stay inside the image
+    directory.
+    """
     root = Path(root).expanduser().absolute()
     expected = describe_layout(layout)
     _require_dir(root, f"{name}: dataset root", expected)
@@ -153,10 +167,17 @@ def load_split_file_dataset(name: str, root: Path, layout: SplitFileLayout) -> D
             raise DatasetError(f"{split_file}: split {split!r} is empty")
 
     classnames = [name_of_label[label][0] for label in range(num_classes)]
-    splits = {
-        split: [ImageRecord(image_dir / impath, label, classname) for impath, label, classname in entries]
-        for split, entries in parsed.items()
-    }
+    images = ImageRoot(image_dir)
+    splits: dict[str, list[ImageRecord]] = {}
+    for split, entries in parsed.items():
+
+        def where(i: int, split: str = split, entries: list[tuple[str, int, str]] = entries) -> str:
+            return f"{split_file}: entry {split}[{i}] = {entries[i][0]!r}"
+
+        paths = images.resolve_listed([impath for impath, _, _ in entries], where)
+        splits[split] = [
+            ImageRecord(path, label, cname) for path, (_, label, cname) in zip(paths, entries, strict=True)
+        ]
     _check_first_images_exist(name, splits, split_file, f"impaths are read relative to {image_dir}")
     return DatasetSplits(
         name=name,
@@ -164,7 +185,7 @@ def load_split_file_dataset(name: str, root: Path, layout: SplitFileLayout) -> D
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        meta={"split_file": str(split_file), "image_dir": str(image_dir)},
+        meta={"split_file": layout.split_file, "image_dir": _relative_to_root(image_dir, root)},
     )
 
 
@@ -174,12 +195,15 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
 
 
 def load_fgvc_aircraft(root: Path) -> DatasetSplits:
-    """FGVC-Aircraft as CoOp reads it: label = line index in variants.txt, splits from images_variant_*.txt."""
+    """FGVC-Aircraft as CoOp reads it (CoOp datasets/fgvc_aircraft.py, DATASETS.md): the `data/` folder of
+    fgvc-aircraft-2013b renamed to the dataset folder, so `<root>/images/<id>.jpg`, `<root>/variants.txt` and
+    `<root>/images_variant_{train,val,test}.txt`. Label = line index in variants.txt; each split line is
+    `<id> <variant>` (the variant may contain spaces); records keep the file's line order."""
     root = Path(root).expanduser().absolute()
-    data_dir = root / "data"
-    image_dir = data_dir / "images"
+    _require_dir(root, "fgvc_aircraft: dataset root", FGVC_AIRCRAFT_LAYOUT)
+    image_dir = root / "images"
     _require_dir(image_dir, "fgvc_aircraft: image directory", FGVC_AIRCRAFT_LAYOUT)
-    variants_file = data_dir / "variants.txt"
+    variants_file = root / "variants.txt"
     _require_file(variants_file, "fgvc_aircraft: class list", FGVC_AIRCRAFT_LAYOUT)
 
     classnames: list[str] = []
@@ -193,50 +217,71 @@ def load_fgvc_aircraft(root: Path) -> DatasetSplits:
     if not classnames:
         raise DatasetError(f"{variants_file}: no variants listed")
 
+    images = ImageRoot(image_dir)
     splits: dict[str, list[ImageRecord]] = {}
     for split in SPLIT_NAMES:
-        split_file = data_dir / f"images_variant_{split}.txt"
+        split_file = root / f"images_variant_{split}.txt"
         _require_file(split_file, f"fgvc_aircraft: {split} split file", FGVC_AIRCRAFT_LAYOUT)
-        records = []
-        for number, line in _read_lines(split_file):
+        lines = _read_lines(split_file)
+        image_files: list[str] = []
+        labels: list[int] = []
+        for number, line in lines:
             image_id, _, variant_raw = line.partition(" ")
             variant = clean_classname(variant_raw)
             if variant not in label_of_variant:
                 raise DatasetError(
                     f"{split_file}:{number}: line {line!r} names variant {variant!r}, which is not in {variants_file}"
                 )
-            label = label_of_variant[variant]
-            records.append(ImageRecord(image_dir / f"{image_id}.jpg", label, classnames[label]))
-        if not records and split != "val":
-            raise DatasetError(f"{split_file}: no images listed")
-        splits[split] = records
+            image_files.append(f"{image_id}.jpg")
+            labels.append(label_of_variant[variant])
 
-    _check_first_images_exist("fgvc_aircraft", splits, data_dir, f"images are read as {image_dir}/<id>.jpg")
+        def where(i: int, split_file: Path = split_file, lines: list[tuple[int, str]] = lines) -> str:
+            return f"{split_file}:{lines[i][0]}: entry {lines[i][1]!r}"
+
+        paths = images.resolve_listed(image_files, where)
+        if not paths and split != "val":
+            raise DatasetError(f"{split_file}: no images listed")
+        splits[split] = [ImageRecord(path, label, classnames[label]) for path, label in zip(paths, labels, strict=True)]
+
+    _check_first_images_exist("fgvc_aircraft", splits, root, f"images are read as {image_dir}/<id>.jpg")
     return DatasetSplits(
         name="fgvc_aircraft",
         classnames=classnames,
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        meta={"split_file": str(data_dir / "images_variant_{train,val,test}.txt"), "image_dir": str(image_dir)},
+        meta={
+            "split_file": "images_variant_{train,val,test}.txt",
+            "classes_file": "variants.txt",
+            "image_dir": "images",
+        },
     )
 
 
-def _list_images(class_dir: Path) -> list[str]:
-    """Sorted image file names; os.listdir + extension filter never stats the files (1.3M of them)."""
-    return sorted(
-        entry
-        for entry in os.listdir(class_dir)
-        if not entry.startswith(".") and Path(entry).suffix.lower() in IMAGE_EXTENSIONS
-    )
+def _is_image_name(entry: os.DirEntry[str]) -> bool:
+    """By extension only: no stat per file (ImageNet's folders hold only JPEGs)."""
+    return os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def load_imagenet(root: Path) -> DatasetSplits:
-    """ImageNet as CoOp reads it: train = images/train, test = images/val (the official validation set).
+    """ImageNet as CoOp reads it (CoOp datasets/imagenet.py): train = images/train, test = images/val (the
+    official validation set), and no val split (`val=[]`).
 
-    Labels follow sorted wnid order (CoOp sorts the class folders; classnames.txt is in that order too).
-    val = the last IMAGENET_VAL_PER_CLASS images of each class by sorted filename, removed from train (at most
-    half of a class, so tiny trees keep training images).
+    Labels follow the sorted class folder names (CoOp sorts them; every folder must be listed in classnames.txt
+    and every listed wnid must have a folder in both splits, so this is also sorted wnid order).
+
+    Train images of a class are listed in the filesystem's order, as CoOp's `listdir_nohidden` (os.listdir,
+    unsorted) lists them, restricted to non-hidden files with an image extension. CoOp's few-shot draw groups and
+    samples in this order, so the draw of a seed depends on the filesystem's listing order exactly as CoOp's
+    does: the same tree copied to another filesystem can list, and so draw, differently. Test images are sorted
+    by name (their order feeds no draw, and a fixed order makes the evaluation store identical across machines).
+
+    Our model selection needs validation images, which CoOp's ImageNet lacks (it validates on test): the few-shot
+    draw takes them from the train images not drawn for train (`pipeline.datasets.fewshot.coop_draw`), which
+    `meta["val_source"]` records.
+
+    `images/train` and `images/val` may be symlinks (CoOp's DATASETS.md suggests linking an existing copy): each
+    is its own image root, and images must stay inside its resolved location.
     """
     root = Path(root).expanduser().absolute()
     classnames_file = root / "classnames.txt"
@@ -257,41 +302,40 @@ def load_imagenet(root: Path) -> DatasetSplits:
     if not name_of_wnid:
         raise DatasetError(f"{classnames_file}: no classes listed")
 
-    wnids = sorted(name_of_wnid)
-    for split_dir in (train_dir, test_dir):
-        folders = [e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")]
-        unknown = sorted(f for f in folders if f not in name_of_wnid)
+    roots = {split_dir: ImageRoot(split_dir) for split_dir in (train_dir, test_dir)}
+    for split_dir, image_root in roots.items():
+        folders = image_root.list_dir("", lambda e: e.is_dir(), f"{split_dir} (class folders)")
+        unknown = sorted(f.name for f in folders if f.name not in name_of_wnid)
         if unknown:
             raise DatasetError(f"{split_dir}: class folders {unknown[:10]} are not listed in {classnames_file}")
 
+    wnids = sorted(name_of_wnid)
     classnames = [name_of_wnid[wnid] for wnid in wnids]
     train: list[ImageRecord] = []
-    val: list[ImageRecord] = []
     test: list[ImageRecord] = []
     for label, wnid in enumerate(wnids):
         classname = classnames[label]
-        for split_dir in (train_dir, test_dir):
+        for split_dir, records, order in ((train_dir, train, "listing"), (test_dir, test, "sorted")):
             _require_dir(split_dir / wnid, f"imagenet: class folder of {wnid} ({classname!r})", IMAGENET_LAYOUT)
-        train_files = _list_images(train_dir / wnid)
-        if len(train_files) < 2:
-            raise DatasetError(
-                f"{train_dir / wnid}: needs at least 2 images (train + held-out val), found {len(train_files)}"
-            )
-        n_val = min(IMAGENET_VAL_PER_CLASS, len(train_files) // 2)
-        train += [ImageRecord(train_dir / wnid / f, label, classname) for f in train_files[:-n_val]]
-        val += [ImageRecord(train_dir / wnid / f, label, classname) for f in train_files[-n_val:]]
-        test_files = _list_images(test_dir / wnid)
-        if not test_files:
-            raise DatasetError(f"{test_dir / wnid}: no images (extensions {sorted(IMAGE_EXTENSIONS)})")
-        test += [ImageRecord(test_dir / wnid / f, label, classname) for f in test_files]
+            files = roots[split_dir].list_dir(wnid, _is_image_name, f"{split_dir / wnid} (directory listing)")
+            if not files:
+                raise DatasetError(f"{split_dir / wnid}: no images (extensions {sorted(IMAGE_EXTENSIONS)})")
+            if order == "sorted":
+                files.sort()
+            records += [ImageRecord(path, label, classname) for path in files]
 
     return DatasetSplits(
         name="imagenet",
         classnames=classnames,
         train=train,
-        val=val,
+        val=[],
         test=test,
-        meta={"classnames_file": str(classnames_file), "image_dir": str(root / "images")},
+        meta={
+            "classnames_file": "classnames.txt",
+            "image_dir": "images",
+            "train_order": "filesystem listing order (os.listdir, as CoOp)",
+            "val_source": VAL_FROM_TRAIN,
+        },
     )
 
 

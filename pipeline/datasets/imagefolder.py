@@ -4,13 +4,19 @@ Labels follow class folders sorted by name; the class name is the folder name wi
 Without a val/ folder, a seeded ~10% of each class's train images (at least one) is held out as val. The
 hold-out seed is fixed rather than the few-shot seed, so the dataset itself does not change between
 few-shot draws (as with CoOp's fixed split files).
+
+Image lists are sorted by file name (there is no reference order to follow). Every image must stay inside the
+dataset root: a class folder or image that is a symlink to somewhere outside it is a DatasetError naming it
+(`pipeline.datasets.paths`); folders are read with one `os.scandir` each, no stat per image.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
+from pipeline.datasets.paths import ImageRoot
 from pipeline.datasets.records import DatasetError, DatasetSplits, ImageRecord
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -22,19 +28,21 @@ def folder_classname(folder: str) -> str:
     return " ".join(folder.replace("_", " ").replace("-", " ").split())
 
 
-def _class_folders(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _class_folders(images: ImageRoot, split: str) -> list[str]:
+    folders = images.list_dir(split, lambda e: e.is_dir(), f"{images.path / split} (class folders)")
+    return sorted(folder.name for folder in folders)
 
 
-def _images_in(class_dir: Path) -> list[Path]:
-    images = sorted(
-        p
-        for p in class_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not images:
+def _is_image_file(entry: os.DirEntry[str]) -> bool:
+    return os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file()
+
+
+def _images_in(images: ImageRoot, split: str, folder: str) -> list[Path]:
+    class_dir = images.path / split / folder
+    found = sorted(images.list_dir(f"{split}/{folder}", _is_image_file, f"{class_dir} (directory listing)"))
+    if not found:
         raise DatasetError(f"{class_dir}: class folder has no images (extensions {sorted(IMAGE_EXTENSIONS)})")
-    return images
+    return found
 
 
 def _holdout_val(
@@ -67,12 +75,13 @@ def load_imagefolder_dataset(name: str, root: Path, holdout_seed: int = 0) -> Da
                 f"{name}: {split} folder {split_dirs[split]} does not exist; expected layout: {IMAGEFOLDER_LAYOUT}"
             )
     has_val = split_dirs["val"].is_dir()
+    image_root = ImageRoot(root)
 
-    folders = _class_folders(split_dirs["train"])
+    folders = _class_folders(image_root, "train")
     if not folders:
         raise DatasetError(f"{split_dirs['train']}: no class folders; expected layout: {IMAGEFOLDER_LAYOUT}")
     for split in ("val", "test") if has_val else ("test",):
-        other = _class_folders(split_dirs[split])
+        other = _class_folders(image_root, split)
         if other != folders:
             missing = sorted(set(folders) - set(other))
             extra = sorted(set(other) - set(folders))
@@ -82,7 +91,7 @@ def load_imagefolder_dataset(name: str, root: Path, holdout_seed: int = 0) -> Da
             )
 
     images = {
-        split: {folder: _images_in(split_dirs[split] / folder) for folder in folders}
+        split: {folder: _images_in(image_root, split, folder) for folder in folders}
         for split in ("train", "val", "test")
         if split != "val" or has_val
     }
@@ -108,7 +117,7 @@ def load_imagefolder_dataset(name: str, root: Path, holdout_seed: int = 0) -> Da
         val=records("val"),
         test=records("test"),
         meta={
-            "image_dir": str(root),
+            "image_dir": ".",
             "val_source": "val folder" if has_val else f"held out from train (seed {holdout_seed})",
         },
     )

@@ -1,64 +1,187 @@
 """params.yaml and this package are one schema: every key is validated, unknown keys are rejected.
 
-Each section lives in its own module; `Params` composes them. `load_params` is the one entry point every
-stage and every `ship` command goes through before doing anything.
+Each section lives in its own module; `Params` composes them and checks what spans sections (every dataset an
+experiment names exists and has a fitting layout). `load_params` is the one entry point every stage and every
+`ship` command goes through before doing anything; `Params.for_dataset(name)` fills the keys params left null from
+that dataset's preset (pipeline/presets), so params keep the last word.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pipeline.params.backbone import BackboneParams
-from pipeline.params.base import Section
-from pipeline.params.dataset import COOP_DATASETS, DatasetParams
-from pipeline.params.demo import DemoBackboneParams, DemoParams, DemoWorldParams
+from pipeline.params.base import Section, Seed
+from pipeline.params.dataset import (
+    COOP_DATASETS,
+    DATASET_NAME_PATTERN,
+    XLSA17_DATASETS,
+    BaseToNewParams,
+    CrossDatasetParams,
+    DatasetSpec,
+    FewShotParams,
+    GzslParams,
+)
+from pipeline.params.demo import DemoParams
 from pipeline.params.extract import ExtractParams
 from pipeline.params.finetune import (
+    METHODS,
     ClipAdapterParams,
     CoOpParams,
+    CoOpShipParams,
     FinetuneParams,
     Method,
     TipAdapterFParams,
+    TrainingRecipe,
 )
 from pipeline.params.generator import GeneratorParams, SynthesizeParams
+from pipeline.presets import DEFAULT, PresetError, load_preset, preset_path
 
 __all__ = [
     "COOP_DATASETS",
+    "METHODS",
+    "XLSA17_DATASETS",
     "BackboneParams",
+    "BaseToNewParams",
     "ClipAdapterParams",
     "CoOpParams",
-    "DatasetParams",
-    "DemoBackboneParams",
+    "CoOpShipParams",
+    "CrossDatasetParams",
+    "DatasetSpec",
     "DemoParams",
-    "DemoWorldParams",
     "ExtractParams",
+    "FewShotParams",
     "FinetuneParams",
     "GeneratorParams",
+    "GzslParams",
     "Method",
     "Params",
     "ParamsError",
     "SynthesizeParams",
     "TipAdapterFParams",
+    "TrainingRecipe",
     "load_params",
+    "parse_params",
 ]
+
+PROTOCOLS = ("base_to_new", "cross_dataset", "gzsl")
+
+
+class ParamsError(ValueError):
+    """Bad params: the message names the file, each bad key path and the value found there."""
 
 
 class Params(Section):
+    seeds: tuple[Seed, ...] = Field(
+        default=(1, 2, 3),
+        min_length=1,
+        description="replicates of the whole chain: few-shot draw -> generator -> synthesis -> fine-tuning",
+    )
     backbone: BackboneParams
-    dataset: DatasetParams = DatasetParams()
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict, description="name -> dataset spec")
+    base_to_new: BaseToNewParams = BaseToNewParams()
+    cross_dataset: CrossDatasetParams = CrossDatasetParams()
+    gzsl: GzslParams = GzslParams()
+    fewshot: FewShotParams = FewShotParams()
     demo: DemoParams = DemoParams()
     extract: ExtractParams = ExtractParams()
     generator: GeneratorParams = GeneratorParams()
     synthesize: SynthesizeParams = SynthesizeParams()
     finetune: FinetuneParams = FinetuneParams()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        problems = []
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds {list(self.seeds)} repeat a seed")
+        for name in self.datasets:
+            if not re.match(DATASET_NAME_PATTERN, name):
+                problems.append(
+                    f"dataset name {name!r} must match {DATASET_NAME_PATTERN} (it becomes part of stage names)"
+                )
+        used: dict[str, list[str]] = {}
+        for where, names in (
+            ("base_to_new.datasets", self.base_to_new.datasets),
+            ("cross_dataset.sources", self.cross_dataset.sources),
+            ("cross_dataset.targets", self.cross_dataset.targets),
+            ("gzsl.datasets", self.gzsl.datasets),
+        ):
+            if len(set(names)) != len(names):
+                problems.append(f"{where} lists a dataset twice: {list(names)}")
+            for name in names:
+                used.setdefault(name, []).append(where)
+                spec = self.datasets.get(name)
+                if spec is None:
+                    problems.append(f"{where} names {name!r}, which is not in datasets ({', '.join(self.datasets)})")
+                elif (spec.kind == "xlsa17") != (where == "gzsl.datasets"):
+                    need = "an xlsa17 dataset" if where == "gzsl.datasets" else "not an xlsa17 dataset"
+                    problems.append(f"{where} names {name!r} (kind={spec.kind}), but needs {need}")
+        unused = [name for name in self.datasets if name not in used]
+        if unused:
+            problems.append(f"datasets {unused} are not used by any experiment (remove them, or list them in one)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
-class ParamsError(ValueError):
-    """Bad params: the message names the file, each bad key path and the value found there."""
+    # --- per-dataset views ------------------------------------------------------------------------------------
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise ParamsError(f"unknown dataset {name!r}; params list {', '.join(self.datasets) or 'none'}")
+        return self.datasets[name]
+
+    def preset_name(self, name: str) -> str:
+        """The preset a dataset uses: its `preset`, else the one named like the dataset, else 'default'."""
+        spec = self.dataset(name)
+        if spec.preset is not None:
+            return spec.preset
+        label = (spec.name or name).lower()
+        try:
+            preset_path(label)
+            return label
+        except PresetError:
+            return "demo" if spec.kind == "demo" else DEFAULT
+
+    def for_dataset(self, name: str) -> Params:
+        """These params with every key left null filled from the dataset's preset, then from the default preset."""
+        preset = self.preset_name(name)
+        data = self.model_dump(mode="json")
+        try:
+            for layer in (preset, DEFAULT):
+                _fill_nulls(data, load_preset(layer), where=str(preset_path(layer)))
+        except PresetError as err:
+            raise ParamsError(f"dataset {name!r}: {err}") from None
+        return parse_params(data, f"params resolved with preset {preset!r}")
+
+
+def _fill_nulls(data: dict[str, Any], preset: dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, value in preset.items():
+        path = f"{prefix}{key}"
+        if key not in data:
+            raise PresetError(f"{where}: key {path} is not a params key")
+        if isinstance(value, dict) and isinstance(data[key], dict):
+            _fill_nulls(data[key], value, where, path + ".")
+        elif data[key] is None:
+            data[key] = value
+
+
+def preset_keys(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
+    """Key paths a dataset preset must provide: fields marked `preset` in the schema."""
+    keys = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        sub = [a for a in (field.annotation, *get_args(field.annotation)) if isinstance(a, type)]
+        sections = [a for a in sub if issubclass(a, BaseModel)]
+        if sections:
+            keys += preset_keys(sections[0], f"{prefix}{name}.")
+        elif extra.get("preset"):
+            keys.append(prefix + name)
+    return keys
 
 
 def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
@@ -75,14 +198,15 @@ def _format_errors(source: str, data: dict[str, Any], err: ValidationError) -> s
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc)
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {_lookup(data, loc)!r})")
         elif e["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
-        elif isinstance(value := _lookup(data, loc), dict):  # a cross-field check: its message names the keys
-            lines.append(f"  {key}: {e['msg']}")
+        elif not loc or isinstance(value := _lookup(data, loc), dict):  # a cross-field check names its keys
+            lines.append(f"  {key or '<top level>'}: {msg}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {value!r})")
+            lines.append(f"  {key}: {msg} (got {value!r})")
     return "\n".join(lines)
 
 
@@ -100,7 +224,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ParamsError(f"override {override!r}: {key} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {override!r}: the value is not valid YAML ({err})") from None
 
 
 def parse_params(data: Any, source: str = "<params>") -> Params:
@@ -118,6 +245,10 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"params file not found: {path}") from None
+    except IsADirectoryError:
+        raise ParamsError(f"params file {path} is a directory; pass the YAML file inside it") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"params file {path} cannot be read: {err}") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

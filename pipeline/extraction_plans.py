@@ -1,0 +1,112 @@
+"""What each extract stage encodes: the images of a split set, the text classifiers, and the store's metadata.
+
+- `eval_plan`: a dataset's test images (GZSL: test-seen + test-unseen) and its zero-shot classifiers;
+- `fewshot_plan`: one seed's CoOp few-shot draw (train with augmented views, val), base classes or every class;
+- `gzsl_train_plan`: every seen-class training image of an xlsa17 dataset, minus a fixed held-out validation set.
+
+Metadata holds no absolute paths: the dataset is described by its params (as given, typically repo-relative), so a
+store's bytes do not depend on where the repository is checked out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.datasets import load_dataset
+from pipeline.datasets.fewshot import build_protocol_splits
+from pipeline.datasets.records import DatasetError, DatasetSplits, GzslSplits
+from pipeline.datasets.xlsa17 import holdout_validation
+from pipeline.extract import ExtractionPlan, SplitPlan
+from pipeline.features import base_new_split
+from pipeline.params import Params
+
+
+def _dataset_meta(params: Params, name: str, loaded: DatasetSplits | GzslSplits) -> dict[str, Any]:
+    spec = params.dataset(name)
+    return {
+        "name": name,
+        "kind": spec.kind,
+        "dataset": loaded.name,
+        "root": spec.root,
+        "preset": params.preset_name(name),
+        **loaded.meta,
+    }
+
+
+def eval_plan(params: Params, name: str) -> ExtractionPlan:
+    """The test images of dataset `name` and its text classifiers ("zeroshot"; "tip_adapter_f" when Tip-Adapter's
+    templates differ), with the dataset's preset applied."""
+    p = params.for_dataset(name)
+    loaded = load_dataset(params.dataset(name), name)
+    templates = list(p.extract.templates or ())
+    classifiers = {"zeroshot": templates}
+    tip = list(p.finetune.tip_adapter_f.templates or templates)
+    if tip != templates:
+        classifiers["tip_adapter_f"] = tip
+    meta: dict[str, Any] = {"kind": "eval", "dataset": _dataset_meta(params, name, loaded)}
+    if isinstance(loaded, GzslSplits):
+        records = list(loaded.test_seen) + list(loaded.test_unseen)
+        meta["seen"], meta["unseen"] = list(loaded.seen), list(loaded.unseen)
+    else:
+        records = list(loaded.test)
+        meta["base"], meta["new"] = base_new_split(len(loaded.classnames))
+    if not records:
+        raise DatasetError(f"dataset {name!r} has no test images")
+    return ExtractionPlan(
+        splits=[SplitPlan("test", records, 0)],
+        classnames=list(loaded.classnames),
+        classifiers=classifiers,
+        meta=meta,
+        root=Path(params.dataset(name).root).expanduser().absolute(),
+    )
+
+
+def fewshot_plan(params: Params, name: str, seed: int, labeled: str) -> ExtractionPlan:
+    """Seed `seed`'s CoOp few-shot draw of dataset `name`: train (`shots` per class, 1 + K views) and val
+    (`val_shots` per class), restricted to the base classes (`labeled="base"`) or not (`"all"`)."""
+    loaded = load_dataset(params.dataset(name), name)
+    if isinstance(loaded, GzslSplits):
+        raise DatasetError(f"dataset {name!r} is an xlsa17 (GZSL) dataset; few-shot protocols need a CoOp-style one")
+    n = len(loaded.classnames)
+    classes = base_new_split(n)[0] if labeled == "base" else list(range(n))
+    shots, val_shots = params.fewshot.shots, params.fewshot.resolved_val_shots
+    protocol = build_protocol_splits(loaded, shots, val_shots, seed, classes)
+    meta = {
+        "kind": "train",
+        "dataset": _dataset_meta(params, name, loaded),
+        "labeled": classes,
+        "draw": {"protocol": "coop_fewshot", "shots": shots, "val_shots": val_shots, "seed": seed},
+    }
+    return ExtractionPlan(
+        splits=[
+            SplitPlan("train", list(protocol.train), params.extract.views),
+            SplitPlan("val", list(protocol.val), 0),
+        ],
+        classnames=list(loaded.classnames),
+        seed=seed,
+        meta=meta,
+        root=Path(params.dataset(name).root).expanduser().absolute(),
+    )
+
+
+def gzsl_train_plan(params: Params, name: str) -> ExtractionPlan:
+    """Every seen-class training image of xlsa17 dataset `name` (GZSL uses them all), minus
+    `gzsl.val_per_class` per class held out for model selection; the same for every seed."""
+    loaded = load_dataset(params.dataset(name), name)
+    if not isinstance(loaded, GzslSplits):
+        raise DatasetError(f"dataset {name!r} is not an xlsa17 (GZSL) dataset")
+    train, val = holdout_validation(loaded.trainval, params.gzsl.val_per_class, seed=0)
+    meta = {
+        "kind": "train",
+        "dataset": _dataset_meta(params, name, loaded),
+        "labeled": list(loaded.seen),
+        "draw": {"protocol": "gzsl_all_seen", "val_per_class": params.gzsl.val_per_class, "holdout_seed": 0},
+    }
+    return ExtractionPlan(
+        splits=[SplitPlan("train", train, params.extract.views), SplitPlan("val", val, 0)],
+        classnames=list(loaded.classnames),
+        seed=0,
+        meta=meta,
+        root=Path(params.dataset(name).image_root or params.dataset(name).root).expanduser().absolute(),
+    )
