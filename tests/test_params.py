@@ -159,10 +159,6 @@ def test_experiments_must_name_listed_datasets_of_the_right_kind():
     with pytest.raises(ParamsError, match=r"gzsl\.datasets names 'shapes' .* needs an xlsa17 dataset"):
         parse_params(data)
     data = _repo_params()
-    data["datasets"]["spare"] = {"kind": "demo", "root": "x"}
-    with pytest.raises(ParamsError, match=r"datasets \['spare'\] are not used by any experiment"):
-        parse_params(data)
-    data = _repo_params()
     data["datasets"]["Bad-Name"] = {"kind": "demo", "root": "x"}
     data["base_to_new"]["datasets"].append("Bad-Name")
     with pytest.raises(ParamsError, match="dataset name 'Bad-Name' must match"):
@@ -185,3 +181,12 @@ def test_val_shots_default_follows_coop():
     assert p.fewshot.resolved_val_shots == 2
     assert load_params(ROOT / "params.yaml").fewshot.resolved_val_shots == 4
     assert load_params(ROOT / "params.yaml", ["fewshot.val_shots=7"]).fewshot.resolved_val_shots == 7
+
+
+def test_a_dataset_no_experiment_uses_is_a_warning_not_an_error(caplog):
+    data = _repo_params()
+    data["datasets"]["spare"] = {"kind": "demo", "root": "x"}
+    with caplog.at_level("WARNING"):
+        params = parse_params(data)
+    assert "spare" in params.datasets
+    assert "datasets ['spare'] are used by no experiment" in caplog.text
