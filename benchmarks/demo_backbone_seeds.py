@@ -10,8 +10,10 @@ the margins the README states, from each copy's reports/metrics:
   cross-dataset (target average):                      each *_ship method - its base method
   GZSL (H):                                            each *_ship method - its base method
 
-Usage: python benchmarks/demo_backbone_seeds.py [--seeds 0 1 2] [--workdir DIR] [--jobs 1]
-A full demo takes ~20-25 minutes on 2 CPU cores, so three backbone seeds take about an hour.
+Usage: python benchmarks/demo_backbone_seeds.py [--seeds 0 1 2] [--workdir DIR] [--with-checkout]
+A full demo takes ~20-30 minutes on 2 CPU cores, so three backbone seeds take about an hour. `--with-checkout` adds
+this checkout's own finished run (its reports/metrics, after `make repro`) as the row of its backbone seed, so
+`--seeds 1 2 --with-checkout` covers three backbones with two new runs.
 """
 
 from __future__ import annotations
@@ -28,24 +30,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.working_tree import OUTPUTS, copy_working_tree  # noqa: E402
+
 BIN = Path(sys.executable).parent
 PAIRS = [("coop_ship", "coop"), ("clip_adapter_ship", "clip_adapter"), ("tip_adapter_f_ship", "tip_adapter_f")]
-
-
-def copy_tree(dst: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "results/", "reports/", "metrics/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    (dst / "dvc.lock").unlink(missing_ok=True)
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -62,7 +52,8 @@ def demo_run(workdir: Path, seed: int) -> tuple[dict, float]:
     if not (repo / "reports" / "metrics" / "base_to_new.json").exists():
         if repo.exists():
             shutil.rmtree(repo)
-        copy_tree(repo)
+        copy_working_tree(repo, skip=OUTPUTS)
+        (repo / "dvc.lock").unlink(missing_ok=True)
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["demo"]["backbone"]["seed"] = seed
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -73,11 +64,14 @@ def demo_run(workdir: Path, seed: int) -> tuple[dict, float]:
         seconds = time.perf_counter() - start
     else:
         seconds = float("nan")  # reused from an earlier run of this script
-    metrics = {
+    return read_metrics(repo), seconds
+
+
+def read_metrics(repo: Path) -> dict:
+    return {
         name: json.loads((repo / "reports" / "metrics" / f"{name}.json").read_text())
         for name in ("base_to_new", "cross_dataset", "gzsl")
     }
-    return metrics, seconds
 
 
 def margins(metrics: dict) -> dict[str, float]:
@@ -108,10 +102,15 @@ CLAIMS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="demo.backbone.seed values")
+    parser.add_argument("--with-checkout", action="store_true", help="add this checkout's finished run as a row")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ship-backbone-seeds"), help="copies + shared cache")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = {}
+    if args.with_checkout:
+        seed = yaml.safe_load((ROOT / "params.yaml").read_text())["demo"]["backbone"]["seed"]
+        rows[seed] = margins(read_metrics(ROOT))
+        print(f"backbone seed {seed}: this checkout's reports/metrics", flush=True)
     for seed in args.seeds:
         metrics, seconds = demo_run(args.workdir, seed)
         rows[seed] = margins(metrics)

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.feature_store import FeatureStore, verify_store  # noqa: E402
 from tests import tiny_world  # noqa: E402
 from tests.extract_fixtures import tiny_checkpoint  # noqa: E402
+from tests.working_tree import copy_working_tree  # noqa: E402
 
 KINDS = ["extract-eval", "extract-train", "train-generator", "synthesize", "finetune", "report"]
 OUTPUT_DIRS = ["data/features", "data/generators", "data/synthetic", "data/fits", "results", "reports"]
@@ -111,17 +112,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: bool = False) -> Path:
     """A runnable copy of the repository's code on the tiny world (see the module docstring); `demo_stages` keeps
     dvc.yaml's demo_world and demo_backbone stages (their outputs are then the given tiny world and checkpoint)."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", *CODE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
+    copy_working_tree(dest, *CODE)
     shutil.copy2(ROOT / "tests/model_configs/test-tiny-vit.json", dest / "pipeline/model_configs/test-tiny-vit.json")
     if slow_writes:
         (dest / "sitecustomize.py").write_text(SLOW_WRITES)

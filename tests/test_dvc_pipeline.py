@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.working_tree import OUTPUTS, copy_working_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,17 +72,7 @@ def _write(repo: Path, params: dict) -> None:
 def repo(tmp_path_factory) -> Path:
     """A copy of the working tree (tracked and untracked-not-ignored files) as its own git + DVC repository."""
     repo = tmp_path_factory.mktemp("dvc") / "repo"
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for rel in files.split():
-        if (ROOT / rel).is_file() and not rel.startswith(("data/", "results/", "reports/", "metrics/")):
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
+    copy_working_tree(repo, skip=OUTPUTS)
     (repo / "dvc.lock").unlink(missing_ok=True)
     _write(repo, _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY))
     _run(["git", "init", "-q"], repo)

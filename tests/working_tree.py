@@ -1,0 +1,27 @@
+"""Copies of this checkout for tests and benchmarks that run `dvc repro` in a repository of their own."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What `make repro` writes; a copy that runs the DAG afresh leaves them behind.
+OUTPUTS = ("data/", "results/", "reports/", "metrics/")
+
+
+def copy_working_tree(dest: Path, *pathspecs: str, skip: tuple[str, ...] = ()) -> None:
+    """Copy the tracked and the untracked-but-not-ignored files (the working tree as `git` sees it, uncommitted
+    edits included; only under `pathspecs` if given) into `dest`, except paths starting with one of `skip`."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", *pathspecs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file() and not rel.startswith(skip):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
