@@ -119,18 +119,7 @@ def naming(path: str | Path) -> Iterator[None]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    try:
-        with naming(path):
-            tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    clean_stale_temps(path)
-    return path
+    return write_file_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:

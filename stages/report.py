@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic_files import write_dir_atomic
-from pipeline.layout import Layout
+from pipeline.layout import Layout, Protocol
 from pipeline.params import Params
 from pipeline.report import render_base_to_new, render_cross_dataset, render_generator, render_gzsl
 from pipeline.results import (
@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 def _dump(data: Any) -> str:
     return json.dumps(rounded(data), indent=2, allow_nan=False) + "\n"
+
+
+def curve_files(layout: Layout, protocol: Protocol, dataset: str, seeds: list[int]) -> dict[str, str]:
+    """One plot file per method: the validation curve averaged over seeds."""
+    frames = mean_curves(layout, protocol, dataset, seeds).partition_by("method", as_dict=True)
+    return {
+        f"{protocol}-{dataset}-{method[0]}.csv": frame.drop("method").write_csv() for method, frame in frames.items()
+    }
 
 
 def run(params: Params, layout: Layout, out: Path) -> None:
@@ -50,10 +58,7 @@ def run(params: Params, layout: Layout, out: Path) -> None:
             per_dataset[d] = aggregate_pairs(gather(layout, "base_to_new", d, seeds), "base_to_new")
             quality.setdefault("base_to_new", {})[d] = generator_quality(layout, "base_to_new", d, seeds)
             losses[f"base_to_new-{d}.csv"] = generator_curve(layout, "base_to_new", d, seeds).write_csv()
-            for method, frame in (
-                mean_curves(layout, "base_to_new", d, seeds).partition_by("method", as_dict=True).items()
-            ):
-                curves[f"base_to_new-{d}-{method[0]}.csv"] = frame.drop("method").write_csv()
+            curves |= curve_files(layout, "base_to_new", d, seeds)
         table = {"average": average_pairs(per_dataset, "base_to_new"), **per_dataset}
         metric_files["base_to_new.json"] = _dump(table)
         report_files["base_to_new.md"] = render_base_to_new(rounded(table), context)
@@ -77,8 +82,7 @@ def run(params: Params, layout: Layout, out: Path) -> None:
             table[g] = aggregate_pairs(gather(layout, "gzsl", g, seeds), "gzsl")
             quality.setdefault("gzsl", {})[g] = generator_quality(layout, "gzsl", g, seeds)
             losses[f"gzsl-{g}.csv"] = generator_curve(layout, "gzsl", g, seeds).write_csv()
-            for method, frame in mean_curves(layout, "gzsl", g, seeds).partition_by("method", as_dict=True).items():
-                curves[f"gzsl-{g}-{method[0]}.csv"] = frame.drop("method").write_csv()
+            curves |= curve_files(layout, "gzsl", g, seeds)
         metric_files["gzsl.json"] = _dump(table)
         report_files["gzsl.md"] = render_gzsl(rounded(table), context)
 
