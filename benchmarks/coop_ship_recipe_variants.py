@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.demo_backbone_seeds import run  # noqa: E402
+from pipeline.evaluation import harmonic_mean  # noqa: E402
 from tests.working_tree import OUTPUTS, copy_working_tree  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -61,11 +61,7 @@ def refit(copy: Path, overrides: list[str], dataset: str, seed: int) -> dict[str
     cmd += ["-S", f"finetune.methods=[{','.join(METHODS)}]"]
     for o in overrides:
         cmd += ["-S", o]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    with (copy / "variants.log").open("a") as log:
-        proc = subprocess.run(cmd, cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed in {copy}; see {copy / 'variants.log'}")
+    run(cmd, copy)  # logs to copy/repro.log; exits naming the command on failure
     return read_scores(scores_file(copy, dataset, seed))
 
 
@@ -74,7 +70,7 @@ def summarise(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, fl
     out = {}
     for m in METHODS:
         base, new = (statistics.mean(r[m][k] for r in runs) for k in ("base", "new"))
-        out[m] = {"base": base, "new": new, "hm": 2 * base * new / (base + new) if base + new else 0.0}
+        out[m] = {"base": base, "new": new, "hm": harmonic_mean(base, new)}
     return out
 
 
