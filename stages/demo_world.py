@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from pipeline.atomic_files import replace_dir
-from pipeline.demo.world import generate_world
+from pipeline.demo.world import generate_world, write_manifest
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
@@ -17,11 +17,14 @@ def demo_backbone_in_use(params: Params, backbone_dir: Path = Path("data/demo/ba
     return Path(params.backbone.pretrained).resolve().parent == backbone_dir.resolve()
 
 
-def write_marker(out: Path, reason: str) -> None:
-    """A DVC out must exist even when a stage has nothing to do; the marker says why it is empty."""
+def write_marker(out: Path, reason: str, *, manifest: bool = False) -> None:
+    """A DVC out must exist even when a stage has nothing to do; the marker says why it is empty. `manifest`: also
+    the world's manifest.json, which the stages downstream depend on."""
     tmp = out.with_name(out.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "NOT_USED.txt").write_text(reason + "\n")
+    if manifest:
+        write_manifest(tmp)
     replace_dir(tmp, out)
 
 
@@ -38,7 +41,8 @@ def demo_datasets_in_use(params: Params, world: Path) -> list[str]:
 def run(params: Params, out: Path) -> None:
     if not demo_datasets_in_use(params, out) and not demo_backbone_in_use(params):
         log.info("demo world not needed (no dataset lives in %s, real backbone weights)", out)
-        write_marker(out, f"not generated: no dataset of the params lives in {out}, and the weights are not the demo's")
+        reason = f"not generated: no dataset of the params lives in {out}, and the weights are not the demo's"
+        write_marker(out, reason, manifest=True)
         return
     log.info("generating demo world into %s", out)
     generate_world(params.demo.world, out)

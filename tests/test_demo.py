@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -62,12 +63,29 @@ def test_generation_is_deterministic_and_independent_of_workers(tiny_world: Path
 
 
 def test_world_layout(tiny_world: Path):
-    assert sorted(p.name for p in tiny_world.iterdir()) == sorted([world.WEB_DIR, *(d.name for d in world.DATASETS)])
+    assert sorted(p.name for p in tiny_world.iterdir()) == sorted(
+        [world.MANIFEST_FILE, world.WEB_DIR, *(d.name for d in world.DATASETS)]
+    )
     assert (tiny_world / world.WEB_DIR / world.WEB_CAPTIONS_FILE).is_file()
     for ds in BASE_TO_NEW:
         assert (tiny_world / ds.name / world.CLASSNAMES_FILE).read_text().splitlines() == ds.classnames()
     for ds in GZSL:
         assert {p.name for p in (tiny_world / ds.name).iterdir()} == {"att_splits.mat", "res101.mat", "images"}
+
+
+def test_manifest_hashes_every_file_of_the_world(tiny_world: Path, tmp_path: Path):
+    manifest = json.loads((tiny_world / world.MANIFEST_FILE).read_text())
+    files = [p for p in tiny_world.rglob("*") if p.is_file() and p.name != world.MANIFEST_FILE]
+    assert manifest["files"] == len(files) > 100
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_world, copy)
+    assert world.write_manifest(copy) == manifest["sha256"]  # same files, same hash
+    image = next(p for p in files if p.suffix == ".png").relative_to(tiny_world)
+    (copy / image).write_bytes((copy / image).read_bytes() + b"\0")  # one byte more in one image
+    assert world.write_manifest(copy) != manifest["sha256"]
+    (copy / image).unlink()  # a file fewer
+    assert world.write_manifest(copy) != manifest["sha256"]
+    assert json.loads((copy / world.MANIFEST_FILE).read_text())["files"] == manifest["files"] - 1
 
 
 @pytest.mark.parametrize("ds", BASE_TO_NEW, ids=lambda d: d.name)
@@ -108,6 +126,7 @@ def test_gzsl_dataset_reads_back_through_the_xlsa17_loader(tiny_world: Path, ds:
 @pytest.mark.parametrize("ds", BASE_TO_NEW, ids=lambda d: d.name)
 def test_base_and_new_halves_each_cover_every_word(ds: world.DemoDataset):
     classes = ds.classes()
+    assert ds.new_classes == "combinations"  # the default world
     assert [c.label for c in classes] == list(range(len(classes)))
     assert len({(c.attribute, c.noun) for c in classes}) == len(classes) == len(ds.attributes) * len(ds.nouns)
     n_base = math.ceil(len(classes) / 2)
@@ -116,6 +135,44 @@ def test_base_and_new_halves_each_cover_every_word(ds: world.DemoDataset):
         assert {c.noun for c in half} == set(ds.nouns)
     # New classes are unseen combinations of seen words, not a block of one attribute.
     assert ds.classes() == classes  # the order is fixed (part of the world's definition)
+
+
+@pytest.mark.parametrize("name", [ds.name for ds in BASE_TO_NEW])
+def test_new_nouns_world_names_new_classes_by_nouns_no_base_class_uses(name: str):
+    ds = world.dataset(name, "new_nouns")
+    classes = ds.classes()
+    assert [c.label for c in classes] == list(range(len(classes)))
+    assert {(c.attribute, c.noun) for c in classes} == {(c.attribute, c.noun) for c in world.dataset(name).classes()}
+    n_base = math.ceil(len(classes) / 2)
+    base, new = classes[:n_base], classes[n_base:]
+    base_nouns, new_nouns = {c.noun for c in base}, {c.noun for c in new}
+    assert not base_nouns & new_nouns and base_nouns | new_nouns == set(ds.nouns)
+    assert len(base_nouns) == len(new_nouns) == len(ds.nouns) // 2
+    for half in (base, new):
+        assert {c.attribute for c in half} == set(ds.attributes)  # attribute words are shared
+        assert len(half) == len(ds.attributes) * len(ds.nouns) // 2  # every (attribute, noun) of its nouns
+        nouns = [c.noun for c in half]
+        assert nouns != sorted(nouns, key=nouns.index)  # labels within a half are shuffled, not grouped by noun
+    assert world.dataset(name, "new_nouns").classes() == classes  # fixed
+
+
+def test_new_nouns_world_reorders_base_to_new_labels_only(tiny_world: Path, tmp_path: Path):
+    out = tmp_path / "world"
+    world.generate_world(TINY.model_copy(update={"new_classes": "new_nouns"}), out, workers=1)
+    for ds in world.world_datasets("new_nouns"):
+        assert (out / ds.name / world.CLASSNAMES_FILE).exists() == (ds.kind == "base_to_new")
+        if ds.kind == "base_to_new":
+            splits = load_demo_dataset(ds.name, out / ds.name)
+            assert splits.classnames == ds.classnames() != world.dataset(ds.name).classnames()
+            n_base = math.ceil(len(splits.classnames) / 2)
+            base_nouns = {ds.classes()[r.label].noun for r in splits.train if r.label < n_base}
+            test_new_nouns = {ds.classes()[r.label].noun for r in splits.test if r.label >= n_base}
+            assert base_nouns and test_new_nouns and not base_nouns & test_new_nouns
+            assert all(r.path.parent.name == ds.classes()[r.label].dirname for r in splits.test)
+    corpus = json.loads((out / world.WEB_DIR / world.WEB_CAPTIONS_FILE).read_text())
+    assert corpus["classnames"] == world.global_classnames(world.world_datasets("new_nouns"))
+    # zoo does not depend on the base-to-new split: the same bytes as in the default world
+    assert tree_hashes(out / "zoo") == tree_hashes(tiny_world / "zoo")
 
 
 @pytest.mark.parametrize("ds", GZSL, ids=lambda d: d.name)
@@ -199,3 +256,20 @@ def test_pretraining_writes_a_loadable_deterministic_checkpoint(
     loaded = model.state_dict()
     assert loaded.keys() == a.keys()
     assert all(torch.equal(loaded[k], a[k]) for k in a)
+
+
+def test_unused_world_is_a_marker_with_a_manifest(tmp_path: Path):
+    """Real weights and no dataset in the world: the stage writes a marker, and the manifest its dependants read."""
+    from pipeline.params import load_params
+    from stages import demo_world
+
+    overrides = [
+        "backbone.pretrained=openai",
+        *(f"datasets.{name}.root={tmp_path / 'elsewhere' / name}" for name in ("shapes", "patterns", "zoo")),
+        f"datasets.zoo.image_root={tmp_path / 'elsewhere' / 'zoo' / 'images'}",
+    ]
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides)
+    out = tmp_path / "world"
+    demo_world.run(params, out)
+    assert sorted(p.name for p in out.iterdir()) == ["NOT_USED.txt", world.MANIFEST_FILE]
+    assert json.loads((out / world.MANIFEST_FILE).read_text())["files"] == 1

@@ -12,10 +12,15 @@ share words compositionally:
 - `zoo` (generalized zero-shot, xlsa17 format): colour x animal silhouette, "red fish", "green snail", ...
   (6 x 6 = 36 classes, 12 of them unseen).
 
-For the two base-to-new datasets the label order is a fixed permutation such that the base half (first ceil(n/2)
-labels) and the new half each contain every attribute and every noun, so new classes are unseen *combinations* of
-words the base classes already use. In `zoo`, every attribute and every noun is in exactly two unseen classes and
-in four seen ones: unseen classes are unseen combinations of seen words.
+For the two base-to-new datasets the label order is a fixed permutation; `demo.world.new_classes` says how the
+halves differ (base = first ceil(n/2) labels, as CoCoOp's `subsample_classes`):
+- `combinations` (default): a checkerboard over attribute x noun, so the base half and the new half each contain
+  every attribute and every noun: new classes are unseen *combinations* of words the base classes already use.
+- `new_nouns`: the base half holds every class of half the nouns, the new half every class of the other nouns. As in
+  CoCoOp's splits of real datasets, a new class is a different object, named by a word no base class uses; only
+  attribute words are shared.
+In `zoo`, every attribute and every noun is in exactly two unseen classes and in four seen ones: unseen classes are
+unseen combinations of seen words, as in attribute-based GZSL benchmarks.
 
 Two domains are rendered from the same classes:
 - "web": captioned images on plain neutral backgrounds with little clutter. Only the demo backbone's
@@ -32,6 +37,7 @@ byte-identical across runs and independent of how the work is spread over proces
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -41,7 +47,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -94,11 +100,16 @@ CLASSNAMES_FILE = "classnames.txt"
 IMAGES_DIR = "images"
 WEB_DIR = "web"
 WEB_CAPTIONS_FILE = "web_captions.json"  # inside WEB_DIR
+# The world's content hash, written last. Stages downstream depend on this one file, not on the world's ~17k files:
+# DVC would check every one of them again for each of the 14 stages that read the world (half of a no-op repro).
+# Safe because the world is the `demo_world` stage's output: DVC reruns that stage when any file in it changes.
+MANIFEST_FILE = "manifest.json"
 # The xlsa17 files list image paths under the original authors' absolute prefix; the loader maps them onto the
 # local image folder. The demo's lists use a made-up prefix of the same shape.
 ZOO_PATH_PREFIX = "/BS/xian/work/data/ZOO/images/"
 
 Kind = Literal["base_to_new", "gzsl"]
+NewClasses = Literal["combinations", "new_nouns"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class DemoDataset:
     attributes: tuple[str, ...]  # colour words (the object's colour) or pattern words (its fill; colour is random)
     nouns: tuple[str, ...]  # shape words or animal words (the object's silhouette)
     order_seed: int  # the class order never depends on params.seed
+    new_classes: NewClasses = "combinations"  # base-to-new only: how the new half differs from the base half
 
     @property
     def by_colour(self) -> bool:
@@ -141,10 +153,15 @@ class DemoDataset:
         a_rank = rng.permutation(len(self.attributes))
         n_rank = rng.permutation(len(self.nouns))
         cells = [(ai, ni) for ai in range(len(self.attributes)) for ni in range(len(self.nouns))]
-        if self.kind == "base_to_new":
+        if self.kind == "base_to_new" and self.new_classes == "combinations":
             # A checkerboard over (permuted) attribute x noun: every row and column is split between the halves.
             base = [c for c in cells if (a_rank[c[0]] + n_rank[c[1]]) % 2 == 0]
             new = [c for c in cells if (a_rank[c[0]] + n_rank[c[1]]) % 2 == 1]
+            ordered = [base[i] for i in rng.permutation(len(base))] + [new[i] for i in rng.permutation(len(new))]
+        elif self.kind == "base_to_new":
+            # Split by noun: the first half of the (permuted) nouns is base, the rest new, every attribute in both.
+            base = [c for c in cells if n_rank[c[1]] < len(self.nouns) // 2]
+            new = [c for c in cells if n_rank[c[1]] >= len(self.nouns) // 2]
             ordered = [base[i] for i in rng.permutation(len(base))] + [new[i] for i in rng.permutation(len(new))]
         else:
             # xlsa17 datasets interleave seen and unseen labels; so does zoo.
@@ -178,10 +195,15 @@ DATASETS: tuple[DemoDataset, ...] = (
 DATASETS_BY_NAME: dict[str, DemoDataset] = {d.name: d for d in DATASETS}
 
 
-def dataset(name: str) -> DemoDataset:
+def world_datasets(new_classes: NewClasses = "combinations") -> tuple[DemoDataset, ...]:
+    """The world's datasets with its base-to-new datasets split as `new_classes` says (`demo.world.new_classes`)."""
+    return tuple(replace(d, new_classes=new_classes) if d.kind == "base_to_new" else d for d in DATASETS)
+
+
+def dataset(name: str, new_classes: NewClasses = "combinations") -> DemoDataset:
     if name not in DATASETS_BY_NAME:
         raise KeyError(f"no demo dataset {name!r}; the world has {', '.join(DATASETS_BY_NAME)}")
-    return DATASETS_BY_NAME[name]
+    return next(d for d in world_datasets(new_classes) if d.name == name)
 
 
 # --- drawing -------------------------------------------------------------------------------------------------
@@ -615,11 +637,12 @@ class _Job:
     seed: int
     image_size: int
     shift: float
+    new_classes: NewClasses
 
 
 def _run_job(job: _Job) -> list[tuple[str, str]]:
     """Render and save one class's images of one domain; returns (path relative to the image root, caption)."""
-    ds = dataset(job.dataset)
+    ds = dataset(job.dataset, job.new_classes)
     cls = ds.classes()[job.label]
     job.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -655,9 +678,9 @@ def _benchmark_count(ds: DemoDataset, label: int, params: DemoWorldParams) -> in
     return sum(len(r) for r in ranges.values())
 
 
-def global_classnames() -> list[str]:
+def global_classnames(datasets: Sequence[DemoDataset] = DATASETS) -> list[str]:
     """Every class of every dataset, in dataset order: the labels of the web corpus (names are all distinct)."""
-    names = [name for ds in DATASETS for name in ds.classnames()]
+    names = [name for ds in datasets for name in ds.classnames()]
     if len(set(names)) != len(names):  # pragma: no cover - a property of the world's definition, tested
         raise AssertionError("demo datasets share a class name")
     return names
@@ -675,17 +698,24 @@ def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | Non
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     start = time.perf_counter()
+    datasets = world_datasets(params.new_classes)
     log.info(
-        "generating demo world (seed %d; datasets %s; %d web images per class, %dpx) into %s",
+        "generating demo world (seed %d; datasets %s; new classes: %s; %d web images per class, %dpx) into %s",
         params.seed,
-        ", ".join(f"{ds.name} ({len(ds.classnames())} classes)" for ds in DATASETS),
+        ", ".join(f"{ds.name} ({len(ds.classnames())} classes)" for ds in datasets),
+        params.new_classes,
         params.web_per_class,
         params.image_size,
         out_dir,
     )
-    common = {"seed": params.seed, "image_size": params.image_size, "shift": params.shift}
+    common = {
+        "seed": params.seed,
+        "image_size": params.image_size,
+        "shift": params.shift,
+        "new_classes": params.new_classes,
+    }
     jobs = []
-    for ds in DATASETS:
+    for ds in datasets:
         for cls in ds.classes():
             web = tmp / WEB_DIR / ds.name / cls.dirname
             jobs.append(_Job(ds.name, WEB, cls.label, tuple(range(params.web_per_class)), web, **common))
@@ -694,7 +724,8 @@ def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | Non
             jobs.append(_Job(ds.name, BENCHMARK, cls.label, tuple(range(n)), bench, **common))
     try:
         results = _run_jobs(jobs, workers)
-        _write_indices(params, tmp, jobs, results)
+        _write_indices(params, datasets, tmp, jobs, results)
+        write_manifest(tmp)
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -702,24 +733,41 @@ def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | Non
     log.info("demo world written to %s in %.1f s", out_dir, time.perf_counter() - start)
 
 
+def write_manifest(root: Path) -> str:
+    """Write `root`/manifest.json: the file count and a SHA-256 over every other file's relative path and bytes.
+    Returns the hash. Same files -> same manifest bytes."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_FILE)
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    manifest = {"files": len(files), "sha256": digest.hexdigest()}
+    (Path(root) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest["sha256"]
+
+
 def _write_indices(
-    params: DemoWorldParams, root: Path, jobs: Sequence[_Job], results: Sequence[list[tuple[str, str]]]
+    params: DemoWorldParams,
+    datasets: Sequence[DemoDataset],
+    root: Path,
+    jobs: Sequence[_Job],
+    results: Sequence[list[tuple[str, str]]],
 ) -> None:
     """The web captions file and each dataset's own index files (split file / xlsa17 .mat files)."""
     offsets, total = {}, 0
-    for ds in DATASETS:
+    for ds in datasets:
         offsets[ds.name] = total
         total += len(ds.classnames())
     web_rows: list[list[str | int]] = []
-    bench: dict[str, list[tuple[int, int, str]]] = {ds.name: [] for ds in DATASETS}  # (label, index, rel)
+    bench: dict[str, list[tuple[int, int, str]]] = {ds.name: [] for ds in datasets}  # (label, index, rel)
     for job, rows in zip(jobs, results, strict=True):
         for i, (rel, caption) in zip(job.indices, rows, strict=True):
             if job.domain == WEB:
                 web_rows.append([f"{job.dataset}/{rel}", offsets[job.dataset] + job.label, caption])
             else:
                 bench[job.dataset].append((job.label, i, rel))
-    _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(), "images": web_rows})
-    for ds in DATASETS:
+    _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(datasets), "images": web_rows})
+    for ds in datasets:
         if ds.kind == "base_to_new":
             _write_split_file(ds, params, root / ds.name, bench[ds.name])
         else:

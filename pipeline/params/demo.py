@@ -1,3 +1,5 @@
+from typing import Literal
+
 from pydantic import Field
 
 from pipeline.params.base import Section
@@ -25,6 +27,13 @@ class DemoWorldParams(Section):
         ge=0.0,
         le=2.0,
         description="strength of the web -> benchmark domain shift (texture, lighting, blur, noise, clutter)",
+    )
+    new_classes: Literal["combinations", "new_nouns"] = Field(
+        default="combinations",
+        description=(
+            "base-to-new datasets: combinations = new classes recombine the base classes' attribute and noun words; "
+            "new_nouns = new classes are named by nouns no base class uses (as in CoCoOp's splits of real datasets)"
+        ),
     )
 
 
