@@ -56,7 +56,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.atomic_files import replace_dir
-from pipeline.params.demo import DemoWorldParams
+from pipeline.params.demo import DemoWorldParams, NewClasses
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ MANIFEST_FILE = "manifest.json"
 ZOO_PATH_PREFIX = "/BS/xian/work/data/ZOO/images/"
 
 Kind = Literal["base_to_new", "gzsl"]
-NewClasses = Literal["combinations", "new_nouns"]
 
 
 @dataclass(frozen=True)
@@ -153,15 +152,15 @@ class DemoDataset:
         a_rank = rng.permutation(len(self.attributes))
         n_rank = rng.permutation(len(self.nouns))
         cells = [(ai, ni) for ai in range(len(self.attributes)) for ni in range(len(self.nouns))]
-        if self.kind == "base_to_new" and self.new_classes == "combinations":
-            # A checkerboard over (permuted) attribute x noun: every row and column is split between the halves.
-            base = [c for c in cells if (a_rank[c[0]] + n_rank[c[1]]) % 2 == 0]
-            new = [c for c in cells if (a_rank[c[0]] + n_rank[c[1]]) % 2 == 1]
-            ordered = [base[i] for i in rng.permutation(len(base))] + [new[i] for i in rng.permutation(len(new))]
-        elif self.kind == "base_to_new":
-            # Split by noun: the first half of the (permuted) nouns is base, the rest new, every attribute in both.
-            base = [c for c in cells if n_rank[c[1]] < len(self.nouns) // 2]
-            new = [c for c in cells if n_rank[c[1]] >= len(self.nouns) // 2]
+        if self.kind == "base_to_new":
+            if self.new_classes == "combinations":
+                # A checkerboard over (permuted) attribute x noun: every row and column is split between the halves.
+                in_base = [(a_rank[ai] + n_rank[ni]) % 2 == 0 for ai, ni in cells]
+            else:
+                # By noun: the first half of the (permuted) nouns is base, the rest new, every attribute in both.
+                in_base = [n_rank[ni] < len(self.nouns) // 2 for _, ni in cells]
+            base = [c for c, b in zip(cells, in_base, strict=True) if b]
+            new = [c for c, b in zip(cells, in_base, strict=True) if not b]
             ordered = [base[i] for i in rng.permutation(len(base))] + [new[i] for i in rng.permutation(len(new))]
         else:
             # xlsa17 datasets interleave seen and unseen labels; so does zoo.

@@ -4,6 +4,8 @@ from pydantic import Field
 
 from pipeline.params.base import Section
 
+NewClasses = Literal["combinations", "new_nouns"]  # how a base-to-new demo dataset's new half differs (world.py)
+
 
 class DemoWorldParams(Section):
     """The generated demo world (owned by pipeline/demo/world.py). Its datasets and their class lists are part of
@@ -28,7 +30,7 @@ class DemoWorldParams(Section):
         le=2.0,
         description="strength of the web -> benchmark domain shift (texture, lighting, blur, noise, clutter)",
     )
-    new_classes: Literal["combinations", "new_nouns"] = Field(
+    new_classes: NewClasses = Field(
         default="combinations",
         description=(
             "base-to-new datasets: combinations = new classes recombine the base classes' attribute and noun words; "
