@@ -72,7 +72,8 @@ def set_param(params: dict, assignment: str) -> None:
 def demo_run(workdir: Path, seed: int, sets: list[str], base_to_new_only: bool) -> tuple[dict, float]:
     repo = workdir / f"backbone-seed{seed}"
     done = repo / "demo_run.done"  # what was run, written only after it succeeded
-    what = json.dumps({"targets": ["b2n_finetune"] if base_to_new_only else [], "set": sets})
+    targets = ["b2n_finetune"] if base_to_new_only else []
+    what = json.dumps({"targets": targets, "set": sets})
     if not (done.exists() and done.read_text() == what):
         if repo.exists():
             shutil.rmtree(repo)
@@ -85,7 +86,7 @@ def demo_run(workdir: Path, seed: int, sets: list[str], base_to_new_only: bool) 
         run(["git", "init", "-q"], repo)
         run(["dvc", "cache", "dir", str(workdir / "dvc-cache")], repo)
         start = time.perf_counter()
-        run(["dvc", "repro", *json.loads(what)["targets"]], repo)
+        run(["dvc", "repro", *targets], repo)
         seconds = time.perf_counter() - start
         done.write_text(what)
     else:

@@ -628,7 +628,7 @@ def _article(word: str, rng: np.random.Generator) -> str:
 
 @dataclass(frozen=True)
 class _Job:
-    dataset: str
+    ds: DemoDataset
     domain: int
     label: int
     indices: tuple[int, ...]
@@ -636,12 +636,11 @@ class _Job:
     seed: int
     image_size: int
     shift: float
-    new_classes: NewClasses
 
 
 def _run_job(job: _Job) -> list[tuple[str, str]]:
     """Render and save one class's images of one domain; returns (path relative to the image root, caption)."""
-    ds = dataset(job.dataset, job.new_classes)
+    ds = job.ds
     cls = ds.classes()[job.label]
     job.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -707,20 +706,15 @@ def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | Non
         params.image_size,
         out_dir,
     )
-    common = {
-        "seed": params.seed,
-        "image_size": params.image_size,
-        "shift": params.shift,
-        "new_classes": params.new_classes,
-    }
+    common = {"seed": params.seed, "image_size": params.image_size, "shift": params.shift}
     jobs = []
     for ds in datasets:
         for cls in ds.classes():
             web = tmp / WEB_DIR / ds.name / cls.dirname
-            jobs.append(_Job(ds.name, WEB, cls.label, tuple(range(params.web_per_class)), web, **common))
+            jobs.append(_Job(ds, WEB, cls.label, tuple(range(params.web_per_class)), web, **common))
             n = _benchmark_count(ds, cls.label, params)
             bench = tmp / ds.name / IMAGES_DIR / cls.dirname
-            jobs.append(_Job(ds.name, BENCHMARK, cls.label, tuple(range(n)), bench, **common))
+            jobs.append(_Job(ds, BENCHMARK, cls.label, tuple(range(n)), bench, **common))
     try:
         results = _run_jobs(jobs, workers)
         _write_indices(params, datasets, tmp, jobs, results)
@@ -736,9 +730,10 @@ def write_manifest(root: Path) -> str:
     """Write `root`/manifest.json: the file count and a SHA-256 over every other file's relative path and bytes.
     Returns the hash. Same files -> same manifest bytes."""
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.relative_to(root).as_posix() != MANIFEST_FILE)
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+    files = sorted((p.relative_to(root).as_posix(), p) for p in Path(root).rglob("*") if p.is_file())
+    files = [(rel, path) for rel, path in files if rel != MANIFEST_FILE]
+    for rel, path in files:
+        digest.update(rel.encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     manifest = {"files": len(files), "sha256": digest.hexdigest()}
     (Path(root) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -762,9 +757,9 @@ def _write_indices(
     for job, rows in zip(jobs, results, strict=True):
         for i, (rel, caption) in zip(job.indices, rows, strict=True):
             if job.domain == WEB:
-                web_rows.append([f"{job.dataset}/{rel}", offsets[job.dataset] + job.label, caption])
+                web_rows.append([f"{job.ds.name}/{rel}", offsets[job.ds.name] + job.label, caption])
             else:
-                bench[job.dataset].append((job.label, i, rel))
+                bench[job.ds.name].append((job.label, i, rel))
     _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(datasets), "images": web_rows})
     for ds in datasets:
         if ds.kind == "base_to_new":
