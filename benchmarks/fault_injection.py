@@ -76,13 +76,15 @@ def _git(repo: Path, *args: str) -> None:
     )
 
 
-# Written into the killed copy only: in `ship` processes, every rename and file write waits a little first, so the
+# Written into the killed copy only: in stage processes, every rename and file write waits a little first, so the
 # windows in which a stage writes its outputs are wide enough for random kills to land inside them. Only timing
 # changes; the code under test and its results do not.
 SLOW_WRITES = """
 import os, sys, time
 
-if os.path.basename(sys.argv[0]) == "ship" and os.environ.get("SHIP_FAULT_SLOW_WRITES"):
+# A stage process is `python -m stages.<module> ...` (sys.argv lacks the module name this early; orig_argv has it).
+_stage = any(a.startswith("stages.") for a in sys.orig_argv[1:3]) or os.path.basename(sys.argv[0]) == "ship"
+if _stage and os.environ.get("SHIP_FAULT_SLOW_WRITES"):
     _delay = float(os.environ["SHIP_FAULT_SLOW_WRITES"])
 
     def _slow(fn):
@@ -161,8 +163,20 @@ def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: b
 # --- running dvc repro and killing its stages -------------------------------------------------------------------
 
 
+# Stage kind -> how dvc.yaml's commands start it: `python -m stages.<module> [<command>]`.
+_KIND_COMMANDS = {
+    "extract-eval": ("stages.extract", "extract-eval"),
+    "extract-train": ("stages.extract", "extract-train"),
+    "train-generator": ("stages.train_generator", None),
+    "synthesize": ("stages.synthesize", None),
+    "finetune": ("stages.finetune", None),
+    "report": ("stages.report", None),
+}
+
+
 def _ship_process(dvc: psutil.Process, kind: str) -> psutil.Process | None:
-    """The running `ship <kind> ...` process under `dvc`, if any."""
+    """The running stage process of `kind` under `dvc`, if any."""
+    module, command = _KIND_COMMANDS[kind]
     try:
         children = dvc.children(recursive=True)
     except psutil.Error:
@@ -172,7 +186,7 @@ def _ship_process(dvc: psutil.Process, kind: str) -> psutil.Process | None:
             cmd = child.cmdline()
         except psutil.Error:
             continue
-        if len(cmd) > 2 and cmd[1].endswith("/ship") and cmd[2] == kind:
+        if cmd[1:3] == ["-m", module] and (command is None or cmd[3:4] == [command]):
             return child
     return None
 

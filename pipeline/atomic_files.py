@@ -27,13 +27,15 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
+from pipeline.errors import ExpectedError
+
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 _renameat2: Any = None  # None: not looked up yet; False: unavailable
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(ExpectedError, RuntimeError):
     """Another process is building the same output."""
 
 

@@ -19,6 +19,7 @@ import open_clip
 import torch
 from torch import nn
 
+from pipeline.errors import ExpectedError
 from pipeline.params import BackboneParams
 from pipeline.text_tower import TextTower
 
@@ -29,7 +30,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _registered = False
 
 
-class BackboneError(RuntimeError):
+class BackboneError(ExpectedError, RuntimeError):
     """The backbone cannot be built as the params ask; the message says what to change."""
 
 

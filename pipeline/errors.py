@@ -1,38 +1,21 @@
-"""The failures a user can cause and fix (bad files, weights, params, damaged outputs, a full disk); the CLI prints
-them as one line without a traceback."""
+"""The failures a user can cause and fix (bad files, weights, params, damaged outputs, a full disk); the commands
+print them as one line without a traceback.
+
+Each such error class derives from `ExpectedError` where it is defined, so this module imports nothing of the
+project: every stage runs it, and a stage's code dependencies stay those of the work it does.
+"""
 
 from __future__ import annotations
 
 import errno
 
-from pipeline.adapters.base import TrainingDiverged
-from pipeline.atomic_files import OutputLocked
-from pipeline.backbone import BackboneError
-from pipeline.datasets.records import DatasetError
-from pipeline.extract import CorruptImageError, RankError
-from pipeline.feature_store import StoreError
-from pipeline.generator import CheckpointMismatch
-from pipeline.generator_training import TrainingDiverged as GeneratorDiverged
-from pipeline.params import ParamsError
-from pipeline.presets import PresetError
-from pipeline.results import ResultsError
-from pipeline.text_tower import PromptTooLong, UnsupportedTextTower
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    BackboneError,
-    CheckpointMismatch,
-    CorruptImageError,
-    DatasetError,
-    GeneratorDiverged,
-    OutputLocked,
-    ParamsError,
-    PresetError,
-    RankError,
-    PromptTooLong,
-    ResultsError,
-    StoreError,
-    TrainingDiverged,
-    UnsupportedTextTower,
+class ExpectedError(Exception):
+    """Mixed into every error a user can cause and fix: shown as one line, not a traceback."""
+
+
+# Plain OS errors that name a file the user gave or must create.
+_FILE_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     NotADirectoryError,
     IsADirectoryError,
@@ -44,7 +27,7 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 def is_expected(err: BaseException) -> bool:
-    return isinstance(err, EXPECTED_ERRORS) or (isinstance(err, OSError) and err.errno in DISK_ERRNOS)
+    return isinstance(err, (ExpectedError, *_FILE_ERRORS)) or (isinstance(err, OSError) and err.errno in DISK_ERRNOS)
 
 
 def describe(err: BaseException) -> str:

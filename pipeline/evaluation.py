@@ -10,13 +10,12 @@ A split without test images has accuracy NaN, and so has any H that needs it.
 
 from __future__ import annotations
 
-import math
-
 import polars as pl
 import torch
 
 from pipeline.adapters.base import Adapter, ClassSet
 from pipeline.features import EvalSplit, LabeledFeatures, Task
+from pipeline.metrics import harmonic_mean
 from pipeline.text_tower import TextTower
 
 PER_CLASS_SCHEMA = {
@@ -26,15 +25,6 @@ PER_CLASS_SCHEMA = {
     "accuracy": pl.Float64,
     "n_test": pl.Int64,
 }
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    """H of two accuracies: 0 if either is 0, NaN if either is NaN."""
-    if math.isnan(a) or math.isnan(b):
-        return float("nan")
-    if a <= 0.0 or b <= 0.0:
-        return 0.0
-    return 2.0 * a * b / (a + b)
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor, per_class_mean: bool = False) -> float:

@@ -35,6 +35,7 @@ from torchvision import transforms as T
 
 from pipeline.backbone import Backbone
 from pipeline.datasets.records import ImageRecord
+from pipeline.errors import ExpectedError
 from pipeline.feature_store import StoreBuilder, StoreError
 from pipeline.machine import available_cores
 from pipeline.params import ExtractParams
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 _INTERPOLATION = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
 
 
-class CorruptImageError(RuntimeError):
+class CorruptImageError(ExpectedError, RuntimeError):
     pass
 
 
@@ -153,7 +154,7 @@ class ExtractionPlan:
         return digest.hexdigest()
 
 
-class RankError(RuntimeError):
+class RankError(ExpectedError, RuntimeError):
     """A multi-process extraction is misconfigured, or one of its ranks failed."""
 
 
@@ -408,6 +409,11 @@ def extract_features(
     With `ranks` of a multi-process job (`rank_context`), call it in every rank with the same arguments: the
     blocks still to do are shared out round-robin, and the store is identical to a one-process build."""
     ranks = ranks or Ranks()
+    if ranks.main:
+        shape = ", ".join(
+            f"{s.name} {len(s.records)} images" + (f" x (1 + {s.views} views)" if s.views else "") for s in plan.splits
+        )
+        log.info("extracting %s: %s", out, shape)
     fingerprint = plan.fingerprint()
     builder: StoreBuilder | None = None
     try:
@@ -432,6 +438,8 @@ def extract_features(
             builder.release()  # the partial build stays, for any process to resume
         raise
     ranks.barrier()  # the store is in place before any rank returns
+    if ranks.main:
+        log.info("wrote %s", path)
     return path
 
 

@@ -110,3 +110,11 @@ def gzsl_train_plan(params: Params, name: str) -> ExtractionPlan:
         meta=meta,
         root=Path(params.dataset(name).image_root or params.dataset(name).root).expanduser().absolute(),
     )
+
+
+def train_plan(params: Params, protocol: str, name: str, seed: int) -> ExtractionPlan:
+    """The training images a protocol encodes for dataset `name`: every seen-class image (gzsl, any seed), or seed
+    `seed`'s few-shot draw of the base classes (base_to_new) or of every class (cross_dataset)."""
+    if protocol == "gzsl":
+        return gzsl_train_plan(params, name)
+    return fewshot_plan(params, name, seed, "base" if protocol == "base_to_new" else "all")

@@ -50,7 +50,9 @@ import torch
 import zarr
 
 from pipeline.atomic_files import OutputLock, naming, replace_dir, write_text_atomic
+from pipeline.errors import ExpectedError
 from pipeline.features import LabeledFeatures
+from pipeline.layout import rebuild_hint
 
 STORE_FORMAT = 3  # 3: integrity manifest and attribute digest
 CHUNK_ROWS = 256
@@ -59,39 +61,14 @@ PROGRESS = "progress.json"
 _ZARR_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's own write-then-rename temporaries
 _OUR_TEMP = re.compile(r"^\..+\.(?:tmp|old)-\d+$")
 
+
 # Which DVC stage writes a store, from its path (pipeline/layout.py's conventions; dvc.yaml's matrix names).
-_WRITERS = (
-    (r"data/features/(?P<d>[^/]+)/eval\.zarr", "extract_eval@{d}"),
-    (r"data/features/(?P<d>[^/]+)/base-seed(?P<k>\d+)\.zarr", "b2n_extract@{d}-{k}"),
-    (r"data/features/(?P<d>[^/]+)/all-seed(?P<k>\d+)\.zarr", "xd_extract@{d}-{k}"),
-    (r"data/features/(?P<d>[^/]+)/seen\.zarr", "gzsl_extract@{d}"),
-    (r"data/synthetic/base_to_new/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "b2n_synthesize@{d}-{k}"),
-    (r"data/synthetic/cross_dataset/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "xd_synthesize@{d}-{k}"),
-    (r"data/synthetic/gzsl/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "gzsl_synthesize@{d}-{k}"),
-)
-
-
-class StoreError(RuntimeError):
+class StoreError(ExpectedError, RuntimeError):
     """A store is missing, incomplete, damaged, of another format, or made for another backbone."""
 
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
-
-
-def writer_stage(path: str | Path) -> str | None:
-    """The dvc.yaml stage that writes the store at `path` (e.g. 'b2n_extract@shapes-1'), or None."""
-    text = Path(path).as_posix().rstrip("/")
-    for pattern, stage in _WRITERS:
-        match = re.search(rf"(?:^|/){pattern}$", text)
-        if match:
-            return stage.format(**match.groupdict())
-    return None
-
-
-def rebuild_hint(path: str | Path) -> str:
-    stage = writer_stage(path)
-    return f"rerun: dvc repro -f -s {stage}" if stage else "rebuild it with the stage that writes it (dvc repro)"
 
 
 def _sha256(path: Path) -> str:

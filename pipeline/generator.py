@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.atomic_files import write_file_atomic
+from pipeline.errors import ExpectedError
 from pipeline.params.generator import GeneratorParams
 from pipeline.text_tower import TextTower
 
@@ -27,7 +28,7 @@ _TOWER = "tower."
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(ExpectedError, ValueError):
     """A generator checkpoint does not fit the tower (or backbone) it is being loaded onto."""
 
 
@@ -118,6 +119,7 @@ class ShipGenerator(nn.Module):
         """
         if not classnames:
             raise ValueError("ShipGenerator needs at least one class name")
+        self.tower.check_prompts_fit(classnames, self.config.prompt_length, "generator.prompt_length")
         emb, eot = self.tower.context_prompts(list(classnames), self.config.prompt_length)
         length = int(eot.max().item()) + 1
         # Non-persistent buffers: follow `.to(device)`, stay out of checkpoints (rebuilt from the names).

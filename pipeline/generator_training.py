@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipeline.errors import ExpectedError
 from pipeline.features import LabeledFeatures
 from pipeline.generator import ShipGenerator
 from pipeline.params.generator import GeneratorParams
@@ -24,7 +25,7 @@ from pipeline.text_tower import TextTower
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(ExpectedError, FloatingPointError):
     """A training loss became inf or nan; the message names the run and the knob to turn."""
 
 

@@ -8,6 +8,8 @@ and the `ship` commands take identifiers (protocol, dataset, seed, target) and f
     data/generators/<protocol>/<dataset>/seed<k>.pt   SHIP generator                               *_generator
     data/synthetic/<protocol>/<dataset>[-<target>]/seed<k>.zarr                                    *_synthesize
     data/fits/cross_dataset/<source>/seed<k>.pt       fitted non-SHIP methods of a source          xd_source
+    data/demo/world/                                  the embedded demo's datasets                 demo_world
+    data/demo/backbone/                               the demo CLIP's checkpoint                    demo_backbone
     results/<protocol>/<dataset>[/<target>]/seed<k>/{generator,synthesis,finetune}/   per-seed figures
 
 Each stage writes its per-seed figures into a directory of its own, replaced whole (atomically), so a killed stage
@@ -16,6 +18,7 @@ never leaves a mix of old and new files behind.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,6 +37,14 @@ GENERATOR_CURVE = "loss.csv"  # generator/
 @dataclass(frozen=True)
 class Layout:
     root: Path = Path(".")
+
+    @property
+    def demo_world(self) -> Path:
+        return self.root / "data" / "demo" / "world"
+
+    @property
+    def demo_backbone(self) -> Path:
+        return self.root / "data" / "demo" / "backbone"
 
     def eval_store(self, dataset: str) -> Path:
         return self.root / "data" / "features" / dataset / "eval.zarr"
@@ -69,3 +80,42 @@ class Layout:
 
     def protocol_results(self, protocol: Protocol) -> Path:
         return self.root / "results" / protocol
+
+
+# The stage (as dvc.yaml names its instances) that writes each store: for the "rerun: dvc repro -f -s ..." hint of a
+# damaged store. Patterns of the paths the Layout methods above build.
+_STORE_WRITERS = (
+    (r"data/features/(?P<d>[^/]+)/eval\.zarr", "extract_eval@{d}"),
+    (r"data/features/(?P<d>[^/]+)/base-seed(?P<k>\d+)\.zarr", "b2n_extract@{d}-{k}"),
+    (r"data/features/(?P<d>[^/]+)/all-seed(?P<k>\d+)\.zarr", "xd_extract@{d}-{k}"),
+    (r"data/features/(?P<d>[^/]+)/seen\.zarr", "gzsl_extract@{d}"),
+    (r"data/synthetic/base_to_new/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "b2n_synthesize@{d}-{k}"),
+    (r"data/synthetic/cross_dataset/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "xd_synthesize@{d}-{k}"),
+    (r"data/synthetic/gzsl/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "gzsl_synthesize@{d}-{k}"),
+)
+
+
+def writer_stage(path: str | Path) -> str | None:
+    """The dvc.yaml stage instance that writes the store at `path` (e.g. 'b2n_extract@shapes-1'), or None."""
+    text = Path(path).as_posix().rstrip("/")
+    for pattern, stage in _STORE_WRITERS:
+        match = re.search(rf"(?:^|/){pattern}$", text)
+        if match:
+            return stage.format(**match.groupdict())
+    return None
+
+
+def rebuild_hint(path: str | Path) -> str:
+    stage = writer_stage(path)
+    return f"rerun: dvc repro -f -s {stage}" if stage else "rebuild it with the stage that writes it (dvc repro)"
+
+
+def find_stores(path: Path) -> list[Path]:
+    """`path` itself if it is a feature store (or names one that should be), else every store under it (outermost
+    *.zarr directories), sorted; [] if it holds none."""
+    if (path / "zarr.json").exists() or path.suffix == ".zarr" or not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*.zarr") if p.is_dir() and not any(a.suffix == ".zarr" for a in p.parents))
+
+
+DEFAULT_LAYOUT = Layout()  # paths relative to the repository root, where DVC runs every stage

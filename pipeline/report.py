@@ -7,8 +7,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pipeline.layout import Layout, Protocol
+from pipeline.params import Params
+from pipeline.results import (
+    aggregate_cross_dataset,
+    aggregate_pairs,
+    average_pairs,
+    gather,
+    generator_curve,
+    generator_quality,
+    mean_curves,
+    rounded,
+)
 
 METHOD_LABELS = {
     "zeroshot": "Zero-shot CLIP",
@@ -135,3 +149,74 @@ def render_generator(metrics: Mapping[str, Any]) -> str:
 
 
 _GENERATOR_KEYS = ("synthetic_zeroshot_acc", "synthetic_zeroshot_acc_new_only", "synthetic_real_cosine", "chance_acc")
+
+
+# --- the report stage's files -------------------------------------------------------------------------------------
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(rounded(data), indent=2, allow_nan=False) + "\n"
+
+
+def curve_files(layout: Layout, protocol: Protocol, dataset: str, seeds: list[int]) -> dict[str, str]:
+    """One plot file per method: the validation curve averaged over seeds."""
+    frames = mean_curves(layout, protocol, dataset, seeds).partition_by("method", as_dict=True)
+    return {
+        f"{protocol}-{dataset}-{method[0]}.csv": frame.drop("method").write_csv() for method, frame in frames.items()
+    }
+
+
+def build_report(params: Params, layout: Layout) -> dict[str, str]:
+    """Every file of the report directory (relative path -> text) for the experiments the params name."""
+    seeds = list(params.seeds)
+    context = {
+        "backbone": f"{params.backbone.model} ({params.backbone.pretrained})",
+        "shots": params.fewshot.shots,
+        "seeds": seeds,
+        "select": params.finetune.select,
+        "generator_select": {"val": "lowest validation loss", "last": "final epoch"}[params.generator.select],
+    }
+    metrics: dict[str, str] = {}
+    tables: dict[str, str] = {}
+    curves: dict[str, str] = {}
+    losses: dict[str, str] = {}
+    quality: dict[str, dict[str, Any]] = {}
+
+    # Base-to-new and GZSL: a (base, new) or (seen, unseen) pair per dataset and seed.
+    renderers = {"base_to_new": render_base_to_new, "gzsl": render_gzsl}
+    for protocol, datasets in (("base_to_new", params.base_to_new.datasets), ("gzsl", params.gzsl.datasets)):
+        if not datasets:
+            continue
+        table: dict[str, Any] = {}
+        for d in datasets:
+            table[d] = aggregate_pairs(gather(layout, protocol, d, seeds), protocol)
+            quality.setdefault(protocol, {})[d] = generator_quality(layout, protocol, d, seeds)
+            losses[f"{protocol}-{d}.csv"] = generator_curve(layout, protocol, d, seeds).write_csv()
+            curves |= curve_files(layout, protocol, d, seeds)
+        if protocol == "base_to_new":
+            table = {"average": average_pairs(table, protocol), **table}
+        metrics[f"{protocol}.json"] = _dump(table)
+        tables[f"{protocol}.md"] = renderers[protocol](rounded(table), context)
+
+    if params.cross_dataset.sources:
+        targets = params.cross_dataset.targets
+        table = {}
+        for s in params.cross_dataset.sources:
+            per_target = {t: gather(layout, "cross_dataset", s, seeds, t) for t in targets}
+            table[s] = aggregate_cross_dataset(gather(layout, "cross_dataset", s, seeds), per_target)
+            losses[f"cross_dataset-{s}.csv"] = generator_curve(layout, "cross_dataset", s, seeds).write_csv()
+            for t in targets:
+                quality.setdefault("cross_dataset", {})[f"{s}->{t}"] = generator_quality(
+                    layout, "cross_dataset", s, seeds, t
+                )
+        metrics["cross_dataset.json"] = _dump(table)
+        tables["cross_dataset.md"] = render_cross_dataset(rounded(table), targets, context)
+
+    metrics["generator.json"] = _dump(quality)
+    tables["generator.md"] = render_generator(rounded(quality))
+    return {
+        **tables,
+        **{f"metrics/{k}": v for k, v in metrics.items()},
+        **{f"plots/val_acc/{k}": v for k, v in curves.items()},
+        **{f"plots/generator_loss/{k}": v for k, v in losses.items()},
+    }

@@ -16,19 +16,22 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from pipeline.atomic_files import write_dir_atomic
-from pipeline.evaluation import harmonic_mean
-from pipeline.finetune import MethodResult
+from pipeline.errors import ExpectedError
 from pipeline.layout import CURVES, GENERATOR_CURVE, GENERATOR_QUALITY, PER_CLASS, SCORES, Layout, Protocol
+from pipeline.metrics import harmonic_mean
+
+if TYPE_CHECKING:  # a type only: the report stage reads results without importing the methods
+    from pipeline.finetune import MethodResult
 
 PAIRS = {"base_to_new": ("base", "new"), "gzsl": ("seen", "unseen")}
 
 
-class ResultsError(RuntimeError):
+class ResultsError(ExpectedError, RuntimeError):
     """Results the report needs are missing or unreadable; the message names the file and the stage to rerun."""
 
 

@@ -102,6 +102,20 @@ def synthetic_real_cosine(synthetic: LabeledFeatures, real: LabeledFeatures) -> 
     return float(torch.stack(per_class).double().mean())
 
 
+def describe_synthetic(
+    synthetic: LabeledFeatures, text_classifier: torch.Tensor, label_only: Sequence[int], real: LabeledFeatures
+) -> dict[str, float]:
+    """The synthesize stage's quality figures, rounded for a tracked file. `real` holds real test features of the
+    label-only classes: they only *describe* the synthetic features, never select or tune anything."""
+    quality = {
+        "synthetic_zeroshot_acc": synthetic_zeroshot_accuracy(synthetic, text_classifier),
+        "synthetic_zeroshot_acc_new_only": synthetic_zeroshot_accuracy(synthetic, text_classifier, label_only),
+        "synthetic_real_cosine": synthetic_real_cosine(synthetic, real),
+        "chance_acc": 100.0 / text_classifier.shape[0],
+    }
+    return {k: round(float(v), 4) for k, v in quality.items()}
+
+
 # --- sources of synthetic features for fine-tuning ---------------------------------------------------------------
 
 

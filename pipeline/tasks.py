@@ -13,6 +13,7 @@ import torch
 
 from pipeline.feature_store import FeatureStore, StoreError
 from pipeline.features import EvalSplit, Task
+from pipeline.layout import Protocol
 
 
 def _check_pair(eval_store: FeatureStore, train_store: FeatureStore) -> None:
@@ -122,3 +123,30 @@ def gzsl_task(eval_store: FeatureStore, train_store: FeatureStore) -> Task:
         shots=_shots(train_store),
         logit_scale=eval_store.logit_scale,
     )
+
+
+def label_only_classes(eval_store: FeatureStore, protocol: Protocol) -> list[int]:
+    """The classes of `eval_store` that have a name only: new (base-to-new), unseen (GZSL), or every class of a
+    cross-dataset target."""
+    if protocol == "cross_dataset":
+        return list(range(len(eval_store.classnames)))
+    return list(eval_store.meta["new" if protocol == "base_to_new" else "unseen"])
+
+
+def protocol_task(
+    protocol: Protocol,
+    eval_store: FeatureStore,
+    train_store: FeatureStore,
+    target_store: FeatureStore | None = None,
+    target: str | None = None,
+) -> Task:
+    """The task a protocol fits on: base-to-new, GZSL, a cross-dataset source alone (no target), or a source with a
+    target's classes appended."""
+    if protocol == "base_to_new":
+        return base_to_new_task(eval_store, train_store)
+    if protocol == "gzsl":
+        return gzsl_task(eval_store, train_store)
+    source = source_task(eval_store, train_store)
+    if target_store is None or target is None:
+        return source
+    return cross_dataset_task(source, target_store, target)

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from pipeline.errors import ExpectedError
+
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 log = logging.getLogger(__name__)
 
@@ -43,11 +45,11 @@ log = logging.getLogger(__name__)
 GROUP_OVERHEAD_TOKENS = {"cpu": 32.0, "cuda": 1024.0}
 
 
-class UnsupportedTextTower(TypeError):
+class UnsupportedTextTower(ExpectedError, TypeError):
     pass
 
 
-class PromptTooLong(ValueError):
+class PromptTooLong(ExpectedError, ValueError):
     """A prompt needs more tokens than the text tower's context; the message names the class names."""
 
 

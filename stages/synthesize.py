@@ -4,60 +4,82 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
-from pipeline.atomic_files import write_dir_atomic
-from pipeline.backbone import load_backbone
-from pipeline.feature_store import FeatureStore, write_small_store
-from pipeline.generator import ShipGenerator
 from pipeline.layout import GENERATOR_QUALITY, Layout, Protocol
 from pipeline.params import Params
-from pipeline.synthesis import synthesize_features, synthetic_real_cosine, synthetic_zeroshot_accuracy
+from stages.command import (
+    DatasetName,
+    Debug,
+    Overrides,
+    ParamsPath,
+    ProtocolOption,
+    Seed,
+    Target,
+    WorkDir,
+    check_seed,
+    load,
+    run_step,
+    stage_app,
+)
 
 log = logging.getLogger(__name__)
 
 
 def run(params: Params, protocol: Protocol, dataset: str, seed: int, target: str | None, layout: Layout) -> None:
+    from pipeline.atomic_files import write_dir_atomic
+    from pipeline.backbone import load_backbone
+    from pipeline.feature_store import FeatureStore, write_small_store
+    from pipeline.generator import ShipGenerator
+    from pipeline.synthesis import describe_synthetic, synthesize_features
+    from pipeline.tasks import label_only_classes
+
+    if protocol == "cross_dataset" and target is None:
+        raise ValueError("cross-dataset synthesis needs --target")
     backbone = load_backbone(params.backbone)
     identity = backbone.identity()
     model = ShipGenerator.load(
         layout.generator(protocol, dataset, seed), backbone.text_tower(), expect_backbone=backbone.key
     )
+    # The label-only classes: cross-dataset, every class of the target (the source's generator decodes its names).
+    names = FeatureStore.open(layout.eval_store(target or dataset), identity, kind="eval")
+    label_only = label_only_classes(names, protocol)
     if protocol == "cross_dataset":
-        if target is None:
-            raise ValueError("cross-dataset synthesis needs --target")
-        # Every class of the target is label-only; the source's generator decodes the target's names.
-        names = FeatureStore.open(layout.eval_store(target), identity, kind="eval")
-        label_only = list(range(len(names.classnames)))
-        model.tower.check_prompts_fit(names.classnames, model.config.prompt_length, "generator.prompt_length")
         model.set_classnames(names.classnames)
-    else:
-        names = FeatureStore.open(layout.eval_store(dataset), identity, kind="eval")
-        label_only = list(names.meta["new" if protocol == "base_to_new" else "unseen"])
     synthetic = synthesize_features(model, label_only, params.synthesize.per_class, seed, params.synthesize.batch_size)
-    write_small_store(
-        layout.synthetic(protocol, dataset, seed, target),
-        {"synthetic": synthetic},
-        {
-            "kind": "synthetic",
-            "backbone": identity,
-            "classnames": names.classnames,  # labels index these (the target's, for cross-dataset)
-            "classes": label_only,
-            "per_class": params.synthesize.per_class,
-            "seed": seed,
-        },
-    )
-    classifier = names.classifier()
-    # Label-only classes have real images only in the test split: used here to *describe* the synthetic features,
-    # never to select or tune anything.
-    real = names.split("test").of_classes(label_only)
-    quality = {
-        "synthetic_zeroshot_acc": synthetic_zeroshot_accuracy(synthetic, classifier),
-        "synthetic_zeroshot_acc_new_only": synthetic_zeroshot_accuracy(synthetic, classifier, label_only),
-        "synthetic_real_cosine": synthetic_real_cosine(synthetic, real),
-        "chance_acc": 100.0 / len(names.classnames),
+    meta = {
+        "kind": "synthetic",
+        "backbone": identity,
+        "classnames": names.classnames,  # labels index these (the target's, for cross-dataset)
+        "classes": label_only,
+        "per_class": params.synthesize.per_class,
+        "seed": seed,
     }
-    quality = {k: round(float(v), 4) for k, v in quality.items()}
+    write_small_store(layout.synthetic(protocol, dataset, seed, target), {"synthetic": synthetic}, meta)
+    real = names.split("test").of_classes(label_only)
+    quality = describe_synthetic(synthetic, names.classifier(), label_only, real)
     write_dir_atomic(
         layout.synthesis_results(protocol, dataset, seed, target), {GENERATOR_QUALITY: json.dumps(quality, indent=2)}
     )
     log.info("synthesized %d features for %d classes: %s", len(synthetic), len(label_only), quality)
+
+
+def synthesize(
+    protocol: ProtocolOption,
+    dataset: DatasetName,
+    seed: Seed,
+    target: Target = None,
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+    workdir: WorkDir = Path("."),
+    debug: Debug = False,
+) -> None:
+    """Synthesize features for every label-only class (z ~ N(0, I), seeded) and describe their quality: the new
+    classes (base_to_new), the unseen classes (gzsl), or the target's classes (cross_dataset with --target)."""
+    p = load(params, overrides)
+    check_seed(p, seed)
+    run_step(lambda: run(p, protocol.value, dataset, seed, target, Layout(workdir)), debug)
+
+
+if __name__ == "__main__":
+    stage_app(synthesize)()

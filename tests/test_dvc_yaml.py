@@ -93,7 +93,7 @@ def test_each_stage_depends_on_what_it_reads(stages):
         str(L.generator("base_to_new", d, s)),
         str(L.synthetic("base_to_new", d, s)),
     } <= deps
-    assert cmd == f"ship finetune --protocol base_to_new --dataset {d} --seed {s}"
+    assert cmd == f"python -m stages.finetune --protocol base_to_new --dataset {d} --seed {s}"
     src, t = params.cross_dataset.sources[0], params.cross_dataset.targets[0]
     _, deps, cmd = stages[f"xd_finetune@{src}-{t}-{s}"]
     assert {str(L.eval_store(t)), str(L.fits(src, s)), str(L.synthetic("cross_dataset", src, s, t))} <= deps

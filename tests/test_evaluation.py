@@ -9,8 +9,9 @@ import torch
 
 from pipeline.adapters import Adapter, ClassSet, FitResult
 from pipeline.adapters.base import Scorer
-from pipeline.evaluation import accuracy, harmonic_mean, per_class_accuracy, score_foreign, score_task
+from pipeline.evaluation import accuracy, per_class_accuracy, score_foreign, score_task
 from pipeline.features import EvalSplit, LabeledFeatures, Task
+from pipeline.metrics import harmonic_mean
 
 # Six test images (labels 0 0 1 2 3 3); row i = image i's scores over 4 classes.
 SCORES = torch.tensor(

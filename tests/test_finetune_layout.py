@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.finetune import default_workers, run_methods
@@ -19,7 +20,25 @@ def test_forked_workers_give_the_sequential_results(tiny_tower: TextTower):
     for a, b in zip(one, two, strict=True):
         assert a.scores == b.scores and a.curve == b.curve and a.info == b.info
         assert a.per_class.equals(b.per_class)
-    assert torch.get_num_threads() >= 1  # the caller's thread setting is restored
+
+
+def test_the_callers_thread_count_is_restored(tiny_tower: TextTower):
+    """A fit runs with `threads` threads; the caller gets its own setting back, also when a fit fails."""
+    task, synthetic = vector_task()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # differs from the fits' `threads` below, so a leaked setting shows
+    try:
+        run_methods(
+            task, tiny_tower, FAST, ["zeroshot"], 1, lambda m: synthetic, workers=1, threads=1, show_progress=False
+        )
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="unknown fine-tuning method"):
+            run_methods(
+                task, tiny_tower, FAST, ["nonsense"], 1, lambda m: synthetic, workers=1, threads=1, show_progress=False
+            )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_default_layout_fits_the_machine():

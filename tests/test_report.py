@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.evaluation import harmonic_mean
+from pipeline.metrics import harmonic_mean
 from pipeline.report import render_base_to_new, render_cross_dataset, render_gzsl
 from pipeline.results import aggregate_cross_dataset, aggregate_pairs, average_pairs, rounded
 

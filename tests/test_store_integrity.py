@@ -28,9 +28,8 @@ from pipeline.feature_store import (
     StoreError,
     partial_path,
     verify_store,
-    writer_stage,
 )
-from pipeline.layout import Layout
+from pipeline.layout import Layout, writer_stage
 from tests import tiny_world
 from tests.hardening_world import B2N, FAST_METHODS, World, built_world, copy_world, ok, one_line_error, ship
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import ExpectedError
 from pipeline.features import Task
 from pipeline.params.finetune import TrainingRecipe
 from pipeline.synthesis import SyntheticSource
@@ -43,7 +44,7 @@ EpochCallback = Callable[[int, int], None]  # (epochs done, total epochs)
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # L2-normalised features [N, D] -> logits [N, C]
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(ExpectedError, FloatingPointError):
     """A training loss became inf or nan; the message names the method, seed and epoch."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import ExpectedError
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -40,5 +42,5 @@ class GzslSplits:
     meta: dict[str, str] = field(default_factory=dict)  # files read, relative to the dataset root
 
 
-class DatasetError(ValueError):
+class DatasetError(ExpectedError, ValueError):
     """A dataset on disk does not match its layout; the message names the file or folder and the entry."""

@@ -16,6 +16,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from pipeline.errors import ExpectedError
 from pipeline.params.backbone import BackboneParams
 from pipeline.params.base import Section, Seed
 from pipeline.params.dataset import (
@@ -75,7 +76,7 @@ __all__ = [
 PROTOCOLS = ("base_to_new", "cross_dataset", "gzsl")
 
 
-class ParamsError(ValueError):
+class ParamsError(ExpectedError, ValueError):
     """Bad params: the message names the file, each bad key path and the value found there."""
 
 

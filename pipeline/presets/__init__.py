@@ -12,11 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ExpectedError
+
 PRESET_DIR = Path(__file__).parent
 DEFAULT = "default"
 
 
-class PresetError(ValueError):
+class PresetError(ExpectedError, ValueError):
     """A preset name or file that cannot be used; the message names it."""
 
 

@@ -1,0 +1,161 @@
+"""One seed of one protocol's fine-tuning, from the stores on disk to the per-seed results payload.
+
+- base-to-new / GZSL: every method on the dataset's task;
+- cross-dataset, no target (`xd_source`): the non-SHIP methods on the source alone; their fits are saved;
+- cross-dataset with a target (`xd_finetune`): the saved source fits score the target; the *_ship methods train on
+  real source + synthetic target features and score source and target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.adapters import ClassSet
+from pipeline.backbone import Backbone, load_backbone
+from pipeline.evaluation import score_foreign
+from pipeline.feature_store import FeatureStore
+from pipeline.features import Task
+from pipeline.finetune import MethodResult, curves_frame, per_class_frame, run_methods
+from pipeline.fits import load_fits, restore_adapter, save_fits
+from pipeline.generator import ShipGenerator
+from pipeline.layout import Layout, Protocol
+from pipeline.params import Params
+from pipeline.results import seed_payload, write_seed_results
+from pipeline.synthesis import FreshSource, PoolSource, SyntheticSource
+from pipeline.tasks import protocol_task
+from pipeline.text_tower import TextTower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeedOutcome:
+    """What the finetune stage writes: the scores payload and the fitted methods' curves and per-class scores."""
+
+    payload: dict[str, Any]
+    results: list[MethodResult]
+
+    def write(self, out: Path) -> None:
+        """scores.json, curves.csv and per_class.csv into the directory `out`, replaced whole."""
+        write_seed_results(out, self.payload, curves_frame(self.results), per_class_frame(self.results))
+
+
+def synthetic_sources(
+    params: Params,
+    task: Task,
+    backbone: Backbone,
+    layout: Layout,
+    protocol: Protocol,
+    dataset: str,
+    seed: int,
+    target: str | None,
+) -> Callable[[str], SyntheticSource]:
+    """method -> its synthetic features: CoOp+SHIP decodes fresh latents through the generator every step (SHIP's
+    reference, `coop_ship.synthetic: fresh`); the others draw from the synthesize stage's pool (read once)."""
+    pool: list[PoolSource] = []
+
+    def source(method: str) -> SyntheticSource:
+        if method == "coop_ship" and params.finetune.coop_ship.synthetic == "fresh":
+            path = layout.generator(protocol, dataset, seed)
+            generator = ShipGenerator.load(path, backbone.text_tower(), expect_backbone=backbone.key)
+            generator.set_classnames(task.classnames)  # decoded labels are then task class indices
+            return FreshSource(generator, task.label_only)
+        if not pool:
+            path = layout.synthetic(protocol, dataset, seed, target)
+            store = FeatureStore.open(path, backbone.identity(), kind="synthetic")
+            # A cross-dataset pool is labelled with the target's own class indices; the task puts them after the
+            # source's classes.
+            offset = task.label_only[0] if protocol == "cross_dataset" else 0
+            pool.append(PoolSource(store.split("synthetic").relabel(offset)).to(backbone.device))
+        return pool[0]
+
+    return source
+
+
+def check_prompts(params: Params, tower: TextTower, classnames: Sequence[str], methods: Sequence[str]) -> None:
+    """Before any fit: every learned-context prompt fits the text context (PromptTooLong names the class names that
+    do not), and each CoOp context init has n_ctx tokens (a params error)."""
+    for method in ("coop", "coop_ship"):
+        if method in methods:
+            recipe = getattr(params.finetune, method)
+            tower.check_prompts_fit(classnames, recipe.n_ctx, f"finetune.{method}.n_ctx")
+            if recipe.ctx_init:
+                tower.context_init(recipe.ctx_init, recipe.n_ctx, f"finetune.{method}")
+
+
+def score_source_fits(
+    params: Params,
+    layout: Layout,
+    source: str,
+    seed: int,
+    target: str,
+    target_store: FeatureStore,
+    backbone: Backbone,
+    methods: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """The source-only fits saved by `xd_source`, restored, scored on the target against its own classes."""
+    path = layout.fits(source, seed)
+    fits = load_fits(path, backbone.key)
+    classes = ClassSet(target_store.classnames, {n: target_store.classifier(n) for n in target_store.classifier_names})
+    test, tower = target_store.split("test"), backbone.text_tower()
+    scored = {}
+    for method in methods:
+        if method not in fits["methods"]:
+            raise ValueError(f"{path} holds no fit of {method}; rerun the xd_source stage")
+        entry = fits["methods"][method]
+        acc = score_foreign(restore_adapter(method, entry, params.finetune, backbone.device), test, classes, tower)
+        scored[method] = {
+            "scores": {target: round(acc, 4)},
+            "best_epoch": entry["best_epoch"],
+            "val_acc": round(float(entry["val_acc"]), 4),
+            "info": entry["info"],
+        }
+        log.info("%s seed %d (source fit) on %s: %.2f", method, seed, target, acc)
+    return scored
+
+
+def finetune_seed(
+    params: Params, protocol: Protocol, dataset: str, seed: int, target: str | None, layout: Layout
+) -> SeedOutcome:
+    """Fit and score every method of `finetune.methods` for one seed (see the module docstring for which methods
+    each protocol fits); `params` are the whole params, resolved here for `dataset`."""
+    p = params.for_dataset(dataset)
+    backbone = load_backbone(params.backbone)
+    identity = backbone.identity()
+    eval_store = FeatureStore.open(layout.eval_store(dataset), identity, kind="eval")
+    train_store = FeatureStore.open(layout.train_store(protocol, dataset, seed), identity, kind="train")
+    target_store = None if target is None else FeatureStore.open(layout.eval_store(target), identity, kind="eval")
+    context: dict[str, Any] = {"protocol": protocol, "dataset": dataset, "seed": seed, "select": p.finetune.select}
+    if target is not None:
+        context["target"] = target
+    methods = list(p.finetune.methods)
+    ship = [m for m in methods if m.endswith("_ship")]
+    plain = [m for m in methods if m not in ship]
+    if protocol == "cross_dataset":
+        # The source-only methods are fitted once (no target); a target's stage trains only the *_ship methods.
+        methods = plain if target is None else ship
+
+    task = protocol_task(protocol, eval_store, train_store, target_store, target)
+    check_prompts(p, backbone.text_tower(), task.classnames, methods)
+    sources = synthetic_sources(p, task, backbone, layout, protocol, dataset, seed, target)
+    results = run_methods(
+        task,
+        backbone.text_tower(),
+        p.finetune,
+        methods,
+        seed,
+        sources,
+        workers=p.finetune.workers,
+        threads=p.finetune.threads,
+    )
+    payload = seed_payload(results, context)
+    if protocol == "cross_dataset" and target is None:
+        save_fits(layout.fits(dataset, seed), results, backbone.key, task.classnames)
+    elif protocol == "cross_dataset":
+        assert target_store is not None and target is not None
+        payload["methods"] |= score_source_fits(p, layout, dataset, seed, target, target_store, backbone, plain)
+    return SeedOutcome(payload, results)
