@@ -11,7 +11,7 @@ store's bytes do not depend on where the repository is checked out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.datasets import load_dataset
 from pipeline.datasets.fewshot import build_protocol_splits
@@ -62,14 +62,15 @@ def eval_plan(params: Params, name: str) -> ExtractionPlan:
     )
 
 
-def fewshot_plan(params: Params, name: str, seed: int, labeled: str) -> ExtractionPlan:
+def fewshot_plan(params: Params, name: str, seed: int, labeled: Literal["base", "new", "all"]) -> ExtractionPlan:
     """Seed `seed`'s CoOp few-shot draw of dataset `name`: train (`shots` per class, 1 + K views) and val
-    (`val_shots` per class), restricted to the base classes (`labeled="base"`) or not (`"all"`)."""
+    (`val_shots` per class), restricted to the base classes (`labeled="base"`), to the new classes ("new": the
+    oracle rows' real stand-in for synthetic features; the same draw, so no image is both) or not ("all")."""
     loaded = load_dataset(params.dataset(name), name)
     if isinstance(loaded, GzslSplits):
         raise DatasetError(f"dataset {name!r} is an xlsa17 (GZSL) dataset; few-shot protocols need a CoOp-style one")
     n = len(loaded.classnames)
-    classes = base_new_split(n)[0] if labeled == "base" else list(range(n))
+    classes = {"base": base_new_split(n)[0], "new": base_new_split(n)[1], "all": list(range(n))}[labeled]
     shots, val_shots = params.fewshot.shots, params.fewshot.resolved_val_shots
     protocol = build_protocol_splits(loaded, shots, val_shots, seed, classes)
     meta = {

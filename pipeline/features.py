@@ -76,6 +76,17 @@ class LabeledFeatures:
         norms = None if self.norms is None else self.norms[rows, idx]
         return LabeledFeatures(self.features[rows, idx], self.labels, norms)
 
+    def views_as_rows(self) -> LabeledFeatures:
+        """Every augmented view as a feature of its own ([N * K, D]; the clean view only if none is cached): the
+        distribution training draws from, as one flat set."""
+        if not self.has_views:
+            return self
+        first = 1 if self.augmented_views else 0
+        features = self.features[:, first:]
+        k = features.shape[1]
+        norms = None if self.norms is None else self.norms[:, first:].reshape(-1)
+        return LabeledFeatures(features.reshape(-1, features.shape[-1]), self.labels.repeat_interleave(k), norms)
+
     def raw(self) -> torch.Tensor:
         """The encoder's raw output (features x norms); requires norms."""
         if self.norms is None:

@@ -26,7 +26,7 @@ from pipeline.adapters import build_adapter
 from pipeline.evaluation import per_class_accuracy, score_task
 from pipeline.features import Task
 from pipeline.machine import available_cores
-from pipeline.params.finetune import FinetuneParams
+from pipeline.params.finetune import FinetuneParams, uses_synthetic
 from pipeline.synthesis import SyntheticSource
 from pipeline.text_tower import TextTower
 
@@ -93,7 +93,7 @@ _INHERITED: dict[str, Any] = {}
 def _fit_inherited(method: str) -> MethodResult:
     torch.set_num_threads(_INHERITED["threads"])
     job = _INHERITED
-    synthetic = job["synthetic_for"](method) if method.endswith("_ship") else None
+    synthetic = job["synthetic_for"](method) if uses_synthetic(method) else None
     return fit_method(method, job["task"], job["tower"], job["params"], job["seed"], synthetic)
 
 
@@ -128,7 +128,7 @@ def run_methods(
             try:
                 for method in methods:
                     progress.update(overall, description=f"fine-tuning seed {seed}: {method}")
-                    synthetic = synthetic_for(method) if method.endswith("_ship") else None
+                    synthetic = synthetic_for(method) if uses_synthetic(method) else None
                     results.append(fit_method(method, task, tower, params, seed, synthetic))
                     progress.advance(overall)
             finally:

@@ -24,6 +24,7 @@ from pipeline.fits import load_fits, restore_adapter, save_fits
 from pipeline.generator import ShipGenerator
 from pipeline.layout import Layout, Protocol
 from pipeline.params import Params
+from pipeline.params.finetune import is_oracle, uses_synthetic
 from pipeline.results import seed_payload, write_seed_results
 from pipeline.synthesis import FreshSource, PoolSource, SyntheticSource
 from pipeline.tasks import protocol_task
@@ -55,10 +56,14 @@ def synthetic_sources(
     target: str | None,
 ) -> Callable[[str], SyntheticSource]:
     """method -> its synthetic features: CoOp+SHIP decodes fresh latents through the generator every step (SHIP's
-    reference, `coop_ship.synthetic: fresh`); the others draw from the synthesize stage's pool (read once)."""
+    reference, `coop_ship.synthetic: fresh`); the others draw from the synthesize stage's pool (read once); an
+    oracle row draws real augmented views of the new classes' few-shot draw instead (base-to-new only)."""
     pool: list[PoolSource] = []
 
     def source(method: str) -> SyntheticSource:
+        if is_oracle(method):
+            store = FeatureStore.open(layout.oracle_store(dataset, seed), backbone.identity(), kind="train")
+            return PoolSource(store.split("train").views_as_rows()).to(backbone.device)
         if method == "coop_ship" and params.finetune.coop_ship.synthetic == "fresh":
             path = layout.generator(protocol, dataset, seed)
             generator = ShipGenerator.load(path, backbone.text_tower(), expect_backbone=backbone.key)
@@ -80,7 +85,7 @@ def check_prompts(params: Params, tower: TextTower, classnames: Sequence[str], m
     """Before any fit: every learned-context prompt fits the text context (PromptTooLong names the class names that
     do not), and each CoOp context init has n_ctx tokens (a params error)."""
     for method in ("coop", "coop_ship"):
-        if method in methods:
+        if method in methods or f"{method}_oracle" in methods:
             recipe = getattr(params.finetune, method)
             tower.check_prompts_fit(classnames, recipe.n_ctx, f"finetune.{method}.n_ctx")
             if recipe.ctx_init:
@@ -133,7 +138,14 @@ def finetune_seed(
     if target is not None:
         context["target"] = target
     methods = list(p.finetune.methods)
-    ship = [m for m in methods if m.endswith("_ship")]
+    if protocol != "base_to_new":
+        # Only base-to-new has images of its label-only classes outside evaluation (GZSL's unseen images are all
+        # test images; a cross-dataset target's are not drawn): its oracle rows run there alone.
+        skipped = [m for m in methods if is_oracle(m)]
+        if skipped:
+            log.info("%s: %s run in base-to-new only", protocol, ", ".join(skipped))
+        methods = [m for m in methods if m not in skipped]
+    ship = [m for m in methods if uses_synthetic(m)]
     plain = [m for m in methods if m not in ship]
     if protocol == "cross_dataset":
         # The source-only methods are fitted once (no target); a target's stage trains only the *_ship methods.

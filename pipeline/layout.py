@@ -5,6 +5,7 @@ and the `ship` commands take identifiers (protocol, dataset, seed, target) and f
     data/features/<dataset>/base-seed<k>.zarr         seed k's few-shot draw, base classes        b2n_extract
     data/features/<dataset>/all-seed<k>.zarr          seed k's few-shot draw, every class          xd_extract
     data/features/<dataset>/seen.zarr                 every seen-class image (GZSL; all seeds)     gzsl_extract
+    data/features/<dataset>/new-seed<k>.zarr          seed k's few-shot draw, new classes (oracle) b2n_oracle_extract
     data/generators/<protocol>/<dataset>/seed<k>.pt   SHIP generator                               *_generator
     data/synthetic/<protocol>/<dataset>[-<target>]/seed<k>.zarr                                    *_synthesize
     data/fits/cross_dataset/<source>/seed<k>.pt       fitted non-SHIP methods of a source          xd_source
@@ -55,6 +56,10 @@ class Layout:
             return folder / "seen.zarr"  # every seen image: the same for every seed
         return folder / f"{'base' if protocol == 'base_to_new' else 'all'}-seed{seed}.zarr"
 
+    def oracle_store(self, dataset: str, seed: int) -> Path:
+        """Seed k's few-shot draw of the new classes: the oracle rows' stand-in for synthetic features."""
+        return self.root / "data" / "features" / dataset / f"new-seed{seed}.zarr"
+
     def generator(self, protocol: Protocol, dataset: str, seed: int) -> Path:
         return self.root / "data" / "generators" / protocol / dataset / f"seed{seed}.pt"
 
@@ -89,6 +94,7 @@ _STORE_WRITERS = (
     (r"data/features/(?P<d>[^/]+)/base-seed(?P<k>\d+)\.zarr", "b2n_extract@{d}-{k}"),
     (r"data/features/(?P<d>[^/]+)/all-seed(?P<k>\d+)\.zarr", "xd_extract@{d}-{k}"),
     (r"data/features/(?P<d>[^/]+)/seen\.zarr", "gzsl_extract@{d}"),
+    (r"data/features/(?P<d>[^/]+)/new-seed(?P<k>\d+)\.zarr", "b2n_oracle_extract@{d}-{k}"),
     (r"data/synthetic/base_to_new/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "b2n_synthesize@{d}-{k}"),
     (r"data/synthetic/cross_dataset/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "xd_synthesize@{d}-{k}"),
     (r"data/synthetic/gzsl/(?P<d>[^/]+)/seed(?P<k>\d+)\.zarr", "gzsl_synthesize@{d}-{k}"),

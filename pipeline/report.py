@@ -32,6 +32,9 @@ METHOD_LABELS = {
     "clip_adapter_ship": "CLIP-Adapter + SHIP",
     "tip_adapter_f": "Tip-Adapter-F",
     "tip_adapter_f_ship": "Tip-Adapter-F + SHIP",
+    "coop_ship_oracle": "CoOp + SHIP (oracle: real new-class features)",
+    "clip_adapter_ship_oracle": "CLIP-Adapter + SHIP (oracle: real new-class features)",
+    "tip_adapter_f_ship_oracle": "Tip-Adapter-F + SHIP (oracle: real new-class features)",
 }
 
 # SHIP paper (shared/reference/SHIP.md): Table 1, 11-dataset averages, ViT-B/16, 16 shots.

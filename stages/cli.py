@@ -26,6 +26,7 @@ for command in (
     demo_backbone.demo_backbone,
     extract.extract_eval,
     extract.extract_train,
+    extract.extract_oracle,
     train_generator.train_generator,
     synthesize.synthesize,
     finetune.finetune,

@@ -136,5 +136,30 @@ def extract_train(
     run_ranks(nproc, run_train, (p, protocol.value, dataset, seed or 0, Layout(workdir)), debug)
 
 
+def run_oracle(params: Params, dataset: str, seed: int, layout: Layout) -> None:
+    from pipeline.extraction_plans import fewshot_plan
+
+    store = layout.oracle_store(dataset, seed)
+    _encode(params, lambda: fewshot_plan(params, dataset, seed, "new"), store, params.extract)
+
+
+def extract_oracle(
+    dataset: DatasetName,
+    seed: Annotated[int, typer.Option("--seed", help="Replicate seed: it draws the few-shot images.")],
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+    workdir: WorkDir = Path("."),
+    nproc: Nproc = 1,
+    debug: Debug = False,
+) -> None:
+    """Encode one seed's few-shot draw of a base-to-new dataset's new classes (train images only, never test): the
+    real features the oracle rows (*_ship_oracle methods) use in place of synthetic ones."""
+    p = load(params, overrides)
+    check_seed(p, seed)
+    run_ranks(nproc, run_oracle, (p, dataset, seed, Layout(workdir)), debug)
+
+
 if __name__ == "__main__":
-    stage_app(extract_eval, extract_train, help_text="Encode images once with the frozen image encoder.")()
+    stage_app(
+        extract_eval, extract_train, extract_oracle, help_text="Encode images once with the frozen image encoder."
+    )()

@@ -36,6 +36,7 @@ def _expected(params) -> dict[str, set[str]]:
         for s in params.seeds:
             key = f"{d}-{s}"
             out[f"b2n_extract@{key}"] = {str(L.train_store("base_to_new", d, s))}
+            out[f"b2n_oracle_extract@{key}"] = {str(L.oracle_store(d, s))}
             out[f"b2n_generator@{key}"] = {
                 str(L.generator("base_to_new", d, s)),
                 str(L.generator_results("base_to_new", d, s)),
@@ -92,6 +93,7 @@ def test_each_stage_depends_on_what_it_reads(stages):
         str(L.train_store("base_to_new", d, s)),
         str(L.generator("base_to_new", d, s)),
         str(L.synthetic("base_to_new", d, s)),
+        str(L.oracle_store(d, s)),
     } <= deps
     assert cmd == f"python -m stages.finetune --protocol base_to_new --dataset {d} --seed {s}"
     src, t = params.cross_dataset.sources[0], params.cross_dataset.targets[0]

@@ -141,3 +141,35 @@ def test_protocol_names_match_the_layout():
         "gzsl",
     }
     assert Path(Layout().eval_store("x")) == Path("data/features/x/eval.zarr")
+
+
+def test_oracle_rows_train_on_real_new_class_features_in_base_to_new_only(ran, tmp_path):
+    """`*_ship_oracle`: the *_ship method with real few-shot features of the new classes (the same seed's draw,
+    train images only) in place of synthetic ones; other protocols skip it."""
+    import shutil
+
+    _, path, work = ran
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    layout = Layout(copy)
+    methods = "finetune.methods=[zeroshot,coop_ship,coop_ship_oracle,tip_adapter_f_ship_oracle]"
+    _ok(["extract-oracle", "-d", "alpha", "--seed", "1", "-p", str(path), "--workdir", str(copy)])
+    oracle = FeatureStore.open(layout.oracle_store("alpha", 1), kind="train")
+    assert set(oracle.split("train").labels.tolist()) == {3, 4, 5}  # alpha's new classes
+    assert oracle.meta["labeled"] == [3, 4, 5] and oracle.meta["draw"]["seed"] == 1
+    common = ["--seed", "1", "-p", str(path), "--workdir", str(copy), "-S", methods]
+    _ok(["finetune", "--protocol", "base_to_new", "-d", "alpha", *common])
+    b2n = json.loads((layout.finetune_results("base_to_new", "alpha", 1) / "scores.json").read_text())
+    assert list(b2n["methods"]) == ["zeroshot", "coop_ship", "coop_ship_oracle", "tip_adapter_f_ship_oracle"]
+    assert {"base", "new", "hm"} <= set(b2n["methods"]["coop_ship_oracle"]["scores"])
+    import polars as pl
+
+    curves = pl.read_csv(layout.finetune_results("base_to_new", "alpha", 1) / "curves.csv")
+    loss = {
+        m: curves.filter(pl.col("method") == m)["train_loss"].drop_nulls().to_list()
+        for m in ("coop_ship", "coop_ship_oracle")
+    }
+    assert loss["coop_ship"] != loss["coop_ship_oracle"]  # the same recipe and seed, other features of the new classes
+    _ok(["finetune", "--protocol", "gzsl", "-d", "gamma", *common])
+    gz = json.loads((layout.finetune_results("gzsl", "gamma", 1) / "scores.json").read_text())
+    assert list(gz["methods"]) == ["zeroshot", "coop_ship"]

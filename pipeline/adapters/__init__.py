@@ -7,7 +7,7 @@ from pipeline.adapters.clip_adapter import ClipAdapter
 from pipeline.adapters.coop import CoOp
 from pipeline.adapters.tip_adapter_f import TipAdapterF
 from pipeline.adapters.zeroshot import ZeroShot
-from pipeline.params.finetune import FinetuneParams, Method
+from pipeline.params.finetune import FinetuneParams, Method, ship_method
 
 __all__ = [
     "Adapter",
@@ -26,6 +26,7 @@ def build_adapter(method: Method | str, params: FinetuneParams) -> Adapter:
     """A fresh, unfitted adapter. `coop_ship` has its own section (SHIP's recipe); `clip_adapter_ship` and
     `tip_adapter_f_ship` train with their base method's recipe plus synthetic features (no reference code exists
     for them)."""
+    method = ship_method(method)  # an oracle row runs its *_ship method on other features
     base, ship = method.removesuffix("_ship"), method.endswith("_ship")
     if method == "zeroshot":
         return ZeroShot()

@@ -6,9 +6,9 @@ reference codes set them per dataset (e.g. CoOp's 50 epochs on ImageNet vs 200 e
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, field_validator
 
 from pipeline.params.base import PRESET, Section, Template
 
@@ -22,6 +22,33 @@ Method = Literal[
     "tip_adapter_f_ship",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
+# `<method>_ship_oracle`: a *_ship method whose "synthetic" features are real few-shot features of the label-only
+# classes (a diagnostic beyond the paper: what a perfect generator could give; base-to-new only).
+ORACLE = "_oracle"
+
+
+def uses_synthetic(method: str) -> bool:
+    """A SHIP variant: trained on real features plus features of the label-only classes."""
+    return method.endswith("_ship") or is_oracle(method)
+
+
+def is_oracle(method: str) -> bool:
+    return method.endswith(f"_ship{ORACLE}")
+
+
+def ship_method(method: str) -> str:
+    """The method an oracle row runs (its recipe and adapter): `coop_ship_oracle` -> `coop_ship`."""
+    return method.removesuffix(ORACLE)
+
+
+def _known_method(method: str) -> str:
+    if method not in METHODS and not (is_oracle(method) and ship_method(method) in METHODS):
+        oracles = [f"{m}{ORACLE}" for m in METHODS if m.endswith("_ship")]
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join((*METHODS, *oracles))}")
+    return method
+
+
+MethodName = Annotated[str, AfterValidator(_known_method)]
 
 
 class TrainingRecipe(Section):
@@ -135,7 +162,12 @@ class TipAdapterFParams(TrainingRecipe):
 
 
 class FinetuneParams(Section):
-    methods: tuple[Method, ...] = Field(default=METHODS, min_length=1)
+    methods: tuple[MethodName, ...] = Field(
+        default=METHODS,
+        min_length=1,
+        description=f"methods to fit: {', '.join(METHODS)}, or a *_ship method + '{ORACLE}' (real few-shot "
+        "features of the label-only classes in place of synthetic ones; base-to-new only)",
+    )
     select: Literal["val", "last"] = Field(
         default="val",
         description="val: keep the epoch with the best validation accuracy; last: the final epoch (what Dassl and "
@@ -153,6 +185,14 @@ class FinetuneParams(Section):
         description="torch threads per fit: fits on cached features are many tiny ops that extra threads only slow "
         "down (and results are bit-identical for a given thread count, whatever `workers` is)",
     )
+
+    @field_validator("methods")
+    @classmethod
+    def _listed_once(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"a method is listed twice: {list(methods)}")
+        return methods
+
     coop: CoOpParams = CoOpParams()
     coop_ship: CoOpShipParams = CoOpShipParams()
     clip_adapter: ClipAdapterParams = ClipAdapterParams()
