@@ -18,6 +18,12 @@ METHOD_LABELS = {
     "clip_adapter_ship": "CLIP-Adapter + SHIP",
     "tip_adapter_f": "Tip-Adapter-F",
     "tip_adapter_f_ship": "Tip-Adapter-F + SHIP",
+    "gda": "GDA",
+    "gda_ship": "GDA + SHIP",
+    "kgcoop": "KgCoOp",
+    "kgcoop_ship": "KgCoOp + SHIP",
+    "taskres": "TaskRes",
+    "taskres_ship": "TaskRes + SHIP",
 }
 
 # SHIP paper (shared/reference/SHIP.md): Table 1, 11-dataset averages, ViT-B/16, 16 shots.

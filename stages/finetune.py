@@ -40,12 +40,12 @@ def synthetic_sources(
     seed: int,
     target: str | None,
 ) -> Callable[[str], SyntheticSource]:
-    """method -> its synthetic features: CoOp+SHIP decodes fresh latents through the generator every step (SHIP's
-    reference, `coop_ship.synthetic: fresh`); the others draw from the synthesize stage's pool."""
+    """method -> its synthetic features: CoOp+SHIP (and KgCoOp+SHIP) decode fresh latents through the generator
+    every step (SHIP's reference, `synthetic: fresh`); the others draw from the synthesize stage's pool."""
     pool: list[PoolSource] = []
 
     def source(method: str) -> SyntheticSource:
-        if method == "coop_ship" and params.finetune.coop_ship.synthetic == "fresh":
+        if fresh_synthetic(params, method):
             path = layout.generator(protocol, dataset, seed)
             generator = ShipGenerator.load(path, backbone.text_tower(), expect_backbone=backbone.key)
             generator.set_classnames(task.classnames)  # decoded labels are then task class indices
@@ -62,18 +62,38 @@ def synthetic_sources(
     return source
 
 
+# Methods with a learned CoOp context -> their params section.
+PROMPT_METHODS = {"coop": "coop", "coop_ship": "coop_ship", "kgcoop": "kgcoop", "kgcoop_ship": "kgcoop"}
+
+
+def fresh_synthetic(params: Params, method: str) -> bool:
+    """Whether a *_ship prompt method decodes fresh latents through the generator (`synthetic: fresh`)."""
+    section = PROMPT_METHODS.get(method)
+    return method.endswith("_ship") and section is not None and getattr(params.finetune, section).synthetic == "fresh"
+
+
 def check_prompts(params: Params, tower: TextTower, classnames: Sequence[str]) -> None:
     """Before any fit: every learned-context prompt fits the text context (PromptTooLong names the class names that
     do not), and each CoOp context init has n_ctx tokens (a params error)."""
     methods = params.finetune.methods
-    for method in ("coop", "coop_ship"):
+    for method, section in PROMPT_METHODS.items():
         if method in methods:
-            recipe = getattr(params.finetune, method)
-            tower.check_prompts_fit(classnames, recipe.n_ctx, f"finetune.{method}.n_ctx")
+            recipe = getattr(params.finetune, section)
+            tower.check_prompts_fit(classnames, recipe.n_ctx, f"finetune.{section}.n_ctx")
             if recipe.ctx_init:
-                tower.context_init(recipe.ctx_init, recipe.n_ctx, f"finetune.{method}")
-    if "coop_ship" in methods and params.finetune.coop_ship.synthetic == "fresh":
+                tower.context_init(recipe.ctx_init, recipe.n_ctx, f"finetune.{section}")
+    if any(fresh_synthetic(params, m) for m in methods):
         tower.check_prompts_fit(classnames, params.generator.prompt_length, "generator.prompt_length")
+
+
+def with_method_templates(params: Params) -> Params:
+    """TaskRes's base classifier averages the unnormalised text features of its templates, so the adapter encodes
+    them itself: null `finetune.taskres.templates` (no preset value) are the zero-shot templates."""
+    taskres = params.finetune.taskres
+    if taskres.templates is not None or not params.extract.templates:
+        return params
+    taskres = taskres.model_copy(update={"templates": tuple(params.extract.templates)})
+    return params.model_copy(update={"finetune": params.finetune.model_copy(update={"taskres": taskres})})
 
 
 def layout_of(params: Params) -> dict[str, int | None]:
@@ -81,7 +101,7 @@ def layout_of(params: Params) -> dict[str, int | None]:
 
 
 def run(params: Params, protocol: Protocol, dataset: str, seed: int, target: str | None, layout: Layout) -> None:
-    p = params.for_dataset(dataset)
+    p = with_method_templates(params.for_dataset(dataset))
     backbone = load_backbone(params.backbone)
     identity, tower = backbone.identity(), backbone.text_tower()
     eval_store = FeatureStore.open(layout.eval_store(dataset), identity, kind="eval")
