@@ -24,7 +24,7 @@ from pipeline.fits import load_fits, restore_adapter, save_fits
 from pipeline.generator import ShipGenerator
 from pipeline.layout import Layout, Protocol
 from pipeline.params import Params
-from pipeline.params.finetune import is_oracle, uses_synthetic
+from pipeline.params.finetune import is_oracle, ship_method, uses_synthetic
 from pipeline.results import seed_payload, write_seed_results
 from pipeline.synthesis import FreshSource, PoolSource, SyntheticSource
 from pipeline.tasks import protocol_task
@@ -55,8 +55,8 @@ def synthetic_sources(
     seed: int,
     target: str | None,
 ) -> Callable[[str], SyntheticSource]:
-    """method -> its synthetic features: CoOp+SHIP decodes fresh latents through the generator every step (SHIP's
-    reference, `coop_ship.synthetic: fresh`); the others draw from the synthesize stage's pool (read once); an
+    """method -> its synthetic features: CoOp+SHIP (and KgCoOp+SHIP) decode fresh latents through the generator every
+    step (SHIP's reference, `synthetic: fresh`); the others draw from the synthesize stage's pool (read once); an
     oracle row draws real augmented views of the new classes' few-shot draw instead (base-to-new only)."""
     pool: list[PoolSource] = []
 
@@ -64,7 +64,7 @@ def synthetic_sources(
         if is_oracle(method):
             store = FeatureStore.open(layout.oracle_store(dataset, seed), backbone.identity(), kind="train")
             return PoolSource(store.split("train").views_as_rows()).to(backbone.device)
-        if method == "coop_ship" and params.finetune.coop_ship.synthetic == "fresh":
+        if fresh_synthetic(params, method):
             path = layout.generator(protocol, dataset, seed)
             generator = ShipGenerator.load(path, backbone.text_tower(), expect_backbone=backbone.key)
             generator.set_classnames(task.classnames)  # decoded labels are then task class indices
@@ -81,15 +81,40 @@ def synthetic_sources(
     return source
 
 
+# Methods with a learned CoOp context -> their params section.
+PROMPT_METHODS = {"coop": "coop", "coop_ship": "coop_ship", "kgcoop": "kgcoop", "kgcoop_ship": "kgcoop"}
+
+
+def fresh_synthetic(params: Params, method: str) -> bool:
+    """Whether a *_ship prompt method decodes fresh latents through the generator (`synthetic: fresh`); its oracle
+    row draws real features instead."""
+    section = PROMPT_METHODS.get(method)
+    return method.endswith("_ship") and section is not None and getattr(params.finetune, section).synthetic == "fresh"
+
+
 def check_prompts(params: Params, tower: TextTower, classnames: Sequence[str], methods: Sequence[str]) -> None:
     """Before any fit: every learned-context prompt fits the text context (PromptTooLong names the class names that
     do not), and each CoOp context init has n_ctx tokens (a params error)."""
-    for method in ("coop", "coop_ship"):
-        if method in methods or f"{method}_oracle" in methods:
-            recipe = getattr(params.finetune, method)
-            tower.check_prompts_fit(classnames, recipe.n_ctx, f"finetune.{method}.n_ctx")
-            if recipe.ctx_init:
-                tower.context_init(recipe.ctx_init, recipe.n_ctx, f"finetune.{method}")
+    for method in methods:
+        section = PROMPT_METHODS.get(ship_method(method))
+        if section is None:
+            continue
+        recipe = getattr(params.finetune, section)
+        tower.check_prompts_fit(classnames, recipe.n_ctx, f"finetune.{section}.n_ctx")
+        if recipe.ctx_init:
+            tower.context_init(recipe.ctx_init, recipe.n_ctx, f"finetune.{section}")
+    if any(fresh_synthetic(params, m) for m in methods):
+        tower.check_prompts_fit(classnames, params.generator.prompt_length, "generator.prompt_length")
+
+
+def with_method_templates(params: Params) -> Params:
+    """TaskRes's base classifier averages the unnormalised text features of its templates, so the adapter encodes
+    them itself: null `finetune.taskres.templates` (no preset value) are the zero-shot templates."""
+    taskres = params.finetune.taskres
+    if taskres.templates is not None or not params.extract.templates:
+        return params
+    taskres = taskres.model_copy(update={"templates": tuple(params.extract.templates)})
+    return params.model_copy(update={"finetune": params.finetune.model_copy(update={"taskres": taskres})})
 
 
 def score_source_fits(
@@ -128,7 +153,7 @@ def finetune_seed(
 ) -> SeedOutcome:
     """Fit and score every method of `finetune.methods` for one seed (see the module docstring for which methods
     each protocol fits); `params` are the whole params, resolved here for `dataset`."""
-    p = params.for_dataset(dataset)
+    p = with_method_templates(params.for_dataset(dataset))
     backbone = load_backbone(params.backbone)
     identity = backbone.identity()
     eval_store = FeatureStore.open(layout.eval_store(dataset), identity, kind="eval")

@@ -51,7 +51,11 @@ def test_default_preset_resolves_every_preset_key_and_presets_only_set_nullable_
         for part in key.split("."):
             node = node[part]
         assert node is not None, key
-    nullable = set(preset_keys()) | {"finetune.tip_adapter_f.templates"}
+    nullable = set(preset_keys()) | {
+        "finetune.tip_adapter_f.templates",
+        "finetune.kgcoop.templates",
+        "finetune.taskres.templates",
+    }
     for name in preset_names():
         tree = load_preset(name)
         assert set(json.loads((PRESET_DIR / f"{name}.json").read_text())) - set(tree) <= {"source"}

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, int], None]  # (epochs done, total epochs)
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # L2-normalised features [N, D] -> logits [N, C]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (features [B, D], local labels [B]) -> scalar loss
 
 
 class TrainingDiverged(ExpectedError, FloatingPointError):
@@ -283,6 +284,8 @@ def build_optimizer(parameters: Any, recipe: TrainingRecipe) -> torch.optim.Opti
         raise ValueError("the training recipe is not resolved for a dataset (optimizer/lr/weight_decay null)")
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":  # Dassl's "adam": betas (0.9, 0.999), weight decay as an L2 term of the gradient
+        return torch.optim.Adam(parameters, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
     return torch.optim.AdamW(parameters, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
 
 
@@ -311,9 +314,11 @@ def train(
     method: str,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    loss: Loss | None = None,
 ) -> FitResult:
-    """Cross-entropy over the label space with the recipe's optimizer and schedule. Keeps (loads back into `module`)
-    the state of the epoch `select` names: the best validation accuracy (epoch 0 = the initial state) or the last."""
+    """Cross-entropy over the label space with the recipe's optimizer and schedule (or `loss(features, labels)`, a
+    method's own training objective). Keeps (loads back into `module`) the state of the epoch `select` names: the
+    best validation accuracy (epoch 0 = the initial state) or the last."""
     if recipe.epochs is None:
         raise ValueError(f"{method}: epochs are not resolved for a dataset")
     epochs, steps = recipe.epochs, len(data)
@@ -330,11 +335,11 @@ def train(
             lr = learning_rate(recipe, epoch - 1, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(forward(x), y)
+            value = F.cross_entropy(forward(x), y) if loss is None else loss(x, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
-            total += loss.detach() * len(y)
+            total += value.detach() * len(y)
             count += len(y)
             step += 1
         train_loss = float(total) / max(count, 1)

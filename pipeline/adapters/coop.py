@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from pipeline.adapters.base import (
     ClassSet,
     EpochCallback,
     FitResult,
+    Loss,
     Scorer,
     TrainingData,
     train,
@@ -67,15 +68,25 @@ class CoOp(Adapter):
         self.context = PromptContext(ctx.to(tower.device, torch.float32))
         prompts, eot = tower.context_prompts([task.classnames[c] for c in self.label_space], p.n_ctx)
 
-        def forward(features: torch.Tensor) -> torch.Tensor:
+        def encode() -> torch.Tensor:
             assert self.context is not None
-            text = tower.encode_prompts(prompts, eot, self.context.ctx)
-            return self.logit_scale * features @ text.T
+            return tower.encode_prompts(prompts, eot, self.context.ctx)
+
+        def forward(features: torch.Tensor) -> torch.Tensor:
+            return self.logit_scale * features @ encode().T
 
         data = TrainingData(task, self.label_space, p, seed, self.device, synthetic)
-        result = train(self.context, forward, p, data, select=select, method=self.method, seed=seed, on_epoch=on_epoch)
+        loss = self._loss(task, tower, encode)
+        result = train(
+            self.context, forward, p, data, select=select, method=self.method, seed=seed, on_epoch=on_epoch, loss=loss
+        )
         self._own_text = self.text_features(tower, task.classnames)
         return result
+
+    def _loss(self, task: Task, tower: TextTower, encode: Callable[[], torch.Tensor]) -> Loss | None:
+        """The training objective on a batch (features, local labels); None: cross-entropy of the logits (CoOp).
+        `encode()` gives the label space's text features [L, E] under the current context."""
+        return None
 
     @torch.no_grad()
     def text_features(self, tower: TextTower, classnames: Sequence[str], batch_size: int = 256) -> torch.Tensor:

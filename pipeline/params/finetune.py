@@ -20,6 +20,12 @@ Method = Literal[
     "clip_adapter_ship",
     "tip_adapter_f",
     "tip_adapter_f_ship",
+    "gda",
+    "gda_ship",
+    "kgcoop",
+    "kgcoop_ship",
+    "taskres",
+    "taskres_ship",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
 # `<method>_ship_oracle`: a *_ship method whose "synthetic" features are real few-shot features of the label-only
@@ -51,6 +57,15 @@ def _known_method(method: str) -> str:
 MethodName = Annotated[str, AfterValidator(_known_method)]
 
 
+# What `finetune.methods` runs when params leave it out: the methods of the SHIP paper's tables.
+DEFAULT_METHODS: tuple[str, ...] = METHODS[: METHODS.index("tip_adapter_f_ship") + 1]
+
+
+# sgd: torch SGD (momentum, L2 weight decay); adam: torch Adam with L2 weight decay folded into the gradient (Dassl's
+# "adam", betas 0.9/0.999); adamw: decoupled weight decay.
+Optimizer = Literal["sgd", "adam", "adamw"]
+
+
 class TrainingRecipe(Section):
     """How a method is optimised. Two schedules exist in the references:
 
@@ -59,11 +74,11 @@ class TrainingRecipe(Section):
     - cosine_per_step (SHIP, Tip-Adapter): CosineAnnealingLR over epochs x batches per epoch, stepped every batch.
     """
 
-    optimizer: Literal["sgd", "adamw"] | None = "sgd"
+    optimizer: Optimizer | None = "sgd"
     lr: float | None = Field(default=2e-3, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float | None = Field(default=5e-4, ge=0.0)
-    eps: float = Field(default=1e-4, gt=0.0, description="AdamW eps (SHIP and Tip-Adapter use 1e-4)")
+    eps: float = Field(default=1e-4, gt=0.0, description="Adam/AdamW eps (SHIP and Tip-Adapter use 1e-4)")
     schedule: Literal["dassl_cosine", "cosine_per_step"] = "dassl_cosine"
     warmup_epochs: int = Field(default=1, ge=0, description="dassl_cosine: epochs at warmup_lr before the cosine")
     warmup_lr: float = Field(default=1e-5, gt=0.0)
@@ -92,7 +107,7 @@ class CoOpShipParams(CoOpParams):
     drawn label-only classes, plain SGD lr 2e-3 (no momentum, no weight decay, no warm-up), per-step cosine, batch
     256, 200 epochs; ImageNet: AdamW lr 1e-3 eps 1e-4 (weight decay 0.01), 20 epochs."""
 
-    optimizer: Literal["sgd", "adamw"] | None = Field(default=None, json_schema_extra=PRESET)
+    optimizer: Optimizer | None = Field(default=None, json_schema_extra=PRESET)
     lr: float | None = Field(default=None, gt=0.0, json_schema_extra=PRESET)
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float | None = Field(default=None, ge=0.0, json_schema_extra=PRESET)
@@ -126,7 +141,7 @@ class TipAdapterFParams(TrainingRecipe):
     the augmented views, AdamW lr 1e-3 eps 1e-4, per-step cosine, batch 256, alpha/beta fixed at their initial
     values while training, then searched on the validation split over `search_steps` values in [0.1, search_scale)."""
 
-    optimizer: Literal["sgd", "adamw"] | None = "adamw"
+    optimizer: Optimizer | None = "adamw"
     lr: float | None = Field(default=1e-3, gt=0.0)
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float | None = Field(default=0.01, ge=0.0, description="AdamW's default, as the reference")
@@ -161,13 +176,103 @@ class TipAdapterFParams(TrainingRecipe):
     )
 
 
+class GdaParams(Section):
+    """GDA, "A Hard-to-Beat Baseline for Training-free CLIP-based Adaptation" (Wang et al., ICLR 2024; mrflogs/ICLR24):
+    Gaussian discriminant analysis on the L2-normalised features of every augmented view (augment_epoch 10), a
+    shared precision matrix, logits = 100 f W_text^T + alpha (f W^T + b), alpha searched on validation features over
+    (1e-4 .. 100). Label-only and foreign classes: main_base2new.py's estimate from the k = 64 training features
+    nearest to the class's text embedding. Training-free: no optimizer, nothing to select per epoch."""
+
+    estimator: Literal["class_mean", "ks"] | None = Field(
+        default=None,
+        description="shared covariance: class_mean = pinv of the mean of the per-class covariances "
+        "(main_base2new.py); ks = the shrinkage estimator D pinv((N-1) S + tr(S) I) of the pooled class-centred "
+        "features (main_few_shots.py, main_robustness.py); null: class_mean for base-to-new and GZSL, ks for "
+        "cross-dataset (all-labelled sources, as the reference's few-shot and robustness runs)",
+    )
+    alphas: tuple[Annotated[float, Field(ge=0.0)], ...] = Field(
+        default=(1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
+        min_length=1,
+        description="grid of the blend weight alpha, searched on validation features (first best kept)",
+    )
+    views: int | None = Field(
+        default=None, ge=1, description="augmented views per training image used as samples; null: all cached"
+    )
+    knn: int = Field(default=64, ge=2, description="training features nearest to a text embedding (new classes)")
+    knn_text_weight: int = Field(
+        default=16, ge=0, description="copies of the text embedding averaged into a new class's mean (reference: 16)"
+    )
+    logit_scale: float | None = Field(
+        default=100.0, gt=0.0, description="the reference multiplies the zero-shot term by 100; null: the backbone's"
+    )
+    synthetic_per_class: int | None = Field(
+        default=None,
+        ge=2,
+        description="gda_ship: synthetic samples per label-only class; null: as many as each labelled class has "
+        "(shots x views)",
+    )
+    synthetic_covariance: bool = Field(
+        default=True, description="gda_ship: label-only classes' synthetic features join the covariance estimate"
+    )
+
+
+class KgCoOpParams(CoOpParams):
+    """KgCoOp (Yao et al., CVPR 2023; htyao89/KgCoOp): CoOp plus lambda (1 - mean cos(t_i, t_i^clip)) pulling each
+    learned class text embedding toward the hand-crafted one (the dataset's CoOp template); configs
+    vit_b16_ep100_ctxv1.yaml (SGD lr 2e-3, batch 128, 100 epochs for every dataset, one constant warm-up epoch at
+    1e-5, per-epoch cosine) and scripts/base2new_train.sh (4 context tokens from "a photo of a", W = 8.0)."""
+
+    epochs: int = Field(default=100, ge=1, description="vit_b16_ep100_ctxv1: 100 for every dataset, ImageNet too")
+    batch_size: int = Field(default=128, ge=1)
+    weight: float = Field(default=8.0, ge=0.0, description="lambda of the knowledge-guided term (TRAINER.COOP.W)")
+    templates: tuple[Template, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="hand-crafted prompts pulled toward (KgCoOp's CUSTOM_TEMPLATES; DTD preset: 'a photo of a {}, "
+        "a type of texture.'); null: the preset's, else the task's zero-shot classifier",
+    )
+    synthetic: Literal["fresh", "pool"] = Field(
+        default="fresh",
+        description="kgcoop_ship: fresh = new latents through the generator at every step (as coop_ship); "
+        "pool = the synthesize stage's store",
+    )
+
+
+class TaskResParams(TrainingRecipe):
+    """TaskRes (Yu et al., CVPR 2023; geekyutao/TaskRes): a learned residual x on the frozen zero-shot text
+    classifier t (the unnormalised text features averaged over TaskRes's templates), classifier = normalize(t +
+    alpha x), x initialised at 0. Dassl's Adam (L2 weight decay 5e-4), batch 256, one constant warm-up epoch at
+    1e-5 then per-epoch cosine (configs/trainers/TaskRes/adam_lr2e-3_B256_ep{100,200}.yaml; ImageNet lr 2e-4), alpha
+    0.5 (Flowers 1.0) as train_regular.sh."""
+
+    optimizer: Optimizer | None = "adam"
+    lr: float | None = Field(default=None, gt=0.0, json_schema_extra=PRESET)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="unused by Adam (betas 0.9, 0.999)")
+    weight_decay: float | None = Field(default=5e-4, ge=0.0, description="Dassl's default, an L2 term in Adam")
+    eps: float = Field(default=1e-8, gt=0.0, description="torch Adam's default (Dassl passes none)")
+    epochs: int | None = Field(
+        default=None, ge=1, description="null: TaskRes's scripts: 100 for up to 4 shots, 200 for more"
+    )
+    batch_size: int = Field(default=256, ge=1)
+    alpha: float | None = Field(
+        default=None, gt=0.0, description="residual scale (RESIDUAL_SCALE)", json_schema_extra=PRESET
+    )
+    templates: tuple[Template, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="templates of the base classifier (DTD preset: '{} texture.'; ImageNet: 7 + 1); null: the "
+        "preset's, else the zero-shot templates (extract.templates)",
+    )
+
+
 class FinetuneParams(Section):
     methods: tuple[MethodName, ...] = Field(
-        default=METHODS,
+        default=DEFAULT_METHODS,
         min_length=1,
         description=f"methods to fit: {', '.join(METHODS)}, or a *_ship method + '{ORACLE}' (real few-shot "
         "features of the label-only classes in place of synthetic ones; base-to-new only)",
     )
+
     select: Literal["val", "last"] = Field(
         default="val",
         description="val: keep the epoch with the best validation accuracy; last: the final epoch (what Dassl and "
@@ -197,3 +302,6 @@ class FinetuneParams(Section):
     coop_ship: CoOpShipParams = CoOpShipParams()
     clip_adapter: ClipAdapterParams = ClipAdapterParams()
     tip_adapter_f: TipAdapterFParams = TipAdapterFParams()
+    gda: GdaParams = GdaParams()
+    kgcoop: KgCoOpParams = KgCoOpParams()
+    taskres: TaskResParams = TaskResParams()
