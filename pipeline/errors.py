@@ -9,12 +9,13 @@ from pipeline.adapters.base import TrainingDiverged
 from pipeline.atomic_files import OutputLocked
 from pipeline.backbone import BackboneError
 from pipeline.datasets.records import DatasetError
-from pipeline.extract import CorruptImageError, RankError
+from pipeline.extract import CorruptImageError
 from pipeline.feature_store import StoreError
 from pipeline.generator import CheckpointMismatch
 from pipeline.generator_training import TrainingDiverged as GeneratorDiverged
 from pipeline.params import ParamsError
 from pipeline.presets import PresetError
+from pipeline.ranks import RankError
 from pipeline.results import ResultsError
 from pipeline.text_tower import PromptTooLong, UnsupportedTextTower
 

@@ -123,7 +123,7 @@ def _run_ranks(nproc: int, fn: Callable[..., None], args: tuple, debug: bool) ->
             typer.echo("note: started by torchrun (WORLD_SIZE is set): --nproc is ignored", err=True)
         _run(lambda: fn(*args), debug)
         return
-    from pipeline.extract import RankError, spawn_ranks
+    from pipeline.ranks import RankError, spawn_ranks
 
     _setup_logging()
     logging.getLogger(__name__).info("starting %d ranks on this machine", nproc)

@@ -2,17 +2,18 @@
 
 Each stage runs as one process, or as several ranks of one job (`torchrun ... ship extract-*`, or
 `ship extract-* --nproc N`): every rank loads the backbone on its own device and encodes its share of the blocks;
-the store is the same as one process makes (see pipeline/extract.py)."""
+the store is the same as one process makes (see pipeline/extract.py, pipeline/ranks.py)."""
 
 from __future__ import annotations
 
 import logging
 
 from pipeline.backbone import load_backbone
-from pipeline.extract import extract_features, rank_context
+from pipeline.extract import extract_features
 from pipeline.extraction_plans import eval_plan, fewshot_plan, gzsl_train_plan
 from pipeline.layout import Layout, Protocol
 from pipeline.params import Params
+from pipeline.ranks import rank_context
 
 log = logging.getLogger(__name__)
 
