@@ -317,7 +317,7 @@ def verify(
 ) -> None:
     """Check feature stores against the checksums recorded when they were completed: every file present, of its
     size and content, every array decodable. Prints one line per problem (exit 1) or one `ok` line per store."""
-    from pipeline.feature_store import rebuild_hint, verify_store
+    from pipeline.store_integrity import rebuild_hint, verify_store
 
     stores: list[Path] = []
     for path in paths:
