@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.demo_backbone_seeds import run  # noqa: E402
 from pipeline.metrics import harmonic_mean  # noqa: E402
-from tests.working_tree import OUTPUTS, copy_working_tree  # noqa: E402
+from pipeline.working_tree import OUTPUTS, copy_working_tree  # noqa: E402
 
 BIN = Path(sys.executable).parent
 METHODS = ("zeroshot", "coop", "coop_ship")

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.results import aggregate_pairs, average_pairs  # noqa: E402
-from tests.working_tree import OUTPUTS, copy_working_tree  # noqa: E402
+from pipeline.working_tree import OUTPUTS, copy_working_tree  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PAIRS = [("coop_ship", "coop"), ("clip_adapter_ship", "clip_adapter"), ("tip_adapter_f_ship", "tip_adapter_f")]

@@ -90,7 +90,8 @@ def main(
     from pipeline import extract
     from pipeline.backbone import load_backbone
     from pipeline.datasets.records import ImageRecord
-    from pipeline.extract import ExtractionPlan, SplitPlan, augmentation, extract_features, load_rgb, loader_workers
+    from pipeline.extract import augmentation, extract_features, load_rgb, loader_workers
+    from pipeline.extraction_plans import ExtractionPlan, SplitPlan
     from pipeline.feature_store import StoreBuilder
     from pipeline.params import BackboneParams, ExtractParams
 

@@ -49,10 +49,11 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.feature_store import FeatureStore, verify_store  # noqa: E402
+from pipeline.feature_store import FeatureStore  # noqa: E402
+from pipeline.store_integrity import verify_store  # noqa: E402
+from pipeline.working_tree import copy_working_tree  # noqa: E402
 from tests import tiny_world  # noqa: E402
 from tests.extract_fixtures import tiny_checkpoint  # noqa: E402
-from tests.working_tree import copy_working_tree  # noqa: E402
 
 KINDS = ["extract-eval", "extract-train", "train-generator", "synthesize", "finetune", "report"]
 OUTPUT_DIRS = ["data/features", "data/generators", "data/synthetic", "data/fits", "results", "reports"]

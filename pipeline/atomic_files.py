@@ -1,11 +1,13 @@
 """Writes that are all-or-nothing: a reader sees the old file or directory or the new one, never half of one.
 
-- `write_text_atomic`: a file written beside its destination, then renamed over it.
+- `write_text_atomic`, `write_bytes_atomic`, `write_file_atomic`: a file written beside its destination (flushed
+  and fsynced), then renamed over it.
 - `replace_dir`: a finished directory swapped into place. On Linux, renameat2(RENAME_EXCHANGE) swaps the two
   directory entries in one step, so the destination exists at every instant (a kill -9 anywhere leaves the old or
   the new directory in place); where the call is unavailable, two renames (a kill between them leaves the
   destination missing, never half-written).
-- `write_dir_atomic`: a directory of small text files built beside its destination, then swapped in.
+- `replacing_dir`: a directory built beside its destination (a `with` block fills it), then swapped in;
+  `write_dir_atomic`: the same for a directory of small text files.
 
 Temporaries are hidden siblings named after the process that made them (`.<name>.tmp-<pid>`, `.<name>.old-<pid>`);
 a kill -9 can leave one behind, and the next replacement of the same destination removes those whose process is
@@ -121,7 +123,11 @@ def naming(path: str | Path) -> Iterator[None]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_file_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return write_file_atomic(path, lambda f: f.write(data))
 
 
 def write_file_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
@@ -164,9 +170,10 @@ def replace_dir(src: Path, dst: Path) -> None:
     clean_stale_temps(dst)
 
 
-def write_dir_atomic(path: str | Path, files: Mapping[str, str]) -> Path:
-    """Write `files` (relative path -> text) as the whole content of directory `path`: built beside it, then swapped
-    in, so a reader sees the old directory or the new one, never a mix."""
+@contextlib.contextmanager
+def replacing_dir(path: str | Path) -> Iterator[Path]:
+    """Yields a new empty directory beside `path` for the block to fill; when the block ends without an error it
+    replaces `path` (`replace_dir`), otherwise it is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
@@ -174,15 +181,21 @@ def write_dir_atomic(path: str | Path, files: Mapping[str, str]) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        with naming(path):
-            for name, text in files.items():
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / name).write_text(text)
+        yield tmp
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
+
+
+def write_dir_atomic(path: str | Path, files: Mapping[str, str]) -> Path:
+    """Write `files` (relative path -> text) as the whole content of directory `path`: built beside it, then swapped
+    in, so a reader sees the old directory or the new one, never a mix."""
+    with replacing_dir(path) as tmp, naming(path):
+        for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
+    return Path(path)
 
 
 class OutputLock:

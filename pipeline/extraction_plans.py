@@ -1,4 +1,5 @@
-"""What each extract stage encodes: the images of a split set, the text classifiers, and the store's metadata.
+"""What each extract stage encodes (an `ExtractionPlan`): the images of a split set, the text classifiers, and the
+store's metadata.
 
 - `eval_plan`: a dataset's test images (GZSL: test-seen + test-unseen) and its zero-shot classifiers;
 - `fewshot_plan`: one seed's CoOp few-shot draw (train with augmented views, val), base classes or every class;
@@ -10,16 +11,48 @@ store's bytes do not depend on where the repository is checked out.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.datasets import load_dataset
 from pipeline.datasets.fewshot import build_protocol_splits
-from pipeline.datasets.records import DatasetError, DatasetSplits, GzslSplits
+from pipeline.datasets.records import DatasetError, DatasetSplits, GzslSplits, ImageRecord
 from pipeline.datasets.xlsa17 import holdout_validation
-from pipeline.extract import ExtractionPlan, SplitPlan
 from pipeline.features import base_new_split
 from pipeline.params import Params
+
+
+@dataclass
+class SplitPlan:
+    name: str
+    records: list[ImageRecord]
+    views: int  # augmented views (0: the clean view only, stored as [N, D])
+
+
+@dataclass
+class ExtractionPlan:
+    """What one extract run encodes: splits of images, text classifiers (name -> templates) and store metadata.
+    Its fingerprint keys resumption of a partial store."""
+
+    splits: list[SplitPlan]
+    classnames: list[str]
+    classifiers: dict[str, list[str]] = field(default_factory=dict)
+    seed: int = 0  # seeds the augmented views
+    meta: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # dataset root: skipped files are recorded relative to it
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(
+            json.dumps([self.meta, self.classifiers, self.seed], sort_keys=True, default=str).encode()
+        )
+        for split in self.splits:
+            digest.update(f"{split.name}:{split.views}".encode())
+            for r in split.records:
+                digest.update(f"{r.path}|{r.label}\n".encode())
+        return digest.hexdigest()
 
 
 def _dataset_meta(params: Params, name: str, loaded: DatasetSplits | GzslSplits) -> dict[str, Any]:

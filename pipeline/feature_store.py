@@ -23,20 +23,12 @@ the lock, prepares the partial directory and its arrays, and alone finalizes; ev
 its own shard file, so ranks never write the same file) and records them in its own progress file (`progress.json`
 for rank 0, `progress.rank<r>.json` for rank r). The blocks done are the union of every progress file, whichever
 number of ranks wrote them, so a killed run resumes with any number of ranks.
-
-Integrity. When a store is completed, its root attributes record a manifest of every file it holds (but the root
-zarr.json itself): relative path -> size and sha256, and a digest of the attributes. Zarr reads a missing chunk
-file as fill values and a flipped byte may decode to other numbers without an error, so:
-- opening checks the attributes' digest, and that every listed file is there with its size and no other file is
-  (cheap: no file is read);
-- reading an array first checks the sha256 of its files (its data is read anyway), and any decode error becomes a
-  StoreError naming the store and the stage that rebuilds it;
-- `verify_store` (`ship verify`) checks everything and lists every problem.
+Integrity (the manifest a completed store records, the checks on opening and reading, `ship verify`):
+pipeline/store_integrity.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -50,53 +42,25 @@ import torch
 import zarr
 
 from pipeline.atomic_files import OutputLock, naming, replace_dir, write_text_atomic
-from pipeline.errors import ExpectedError
 from pipeline.features import LabeledFeatures
-from pipeline.layout import rebuild_hint
+from pipeline.store_integrity import (
+    STORE_FORMAT,
+    StoreError,
+    attrs_digest,
+    build_manifest,
+    check_contents,
+    check_files,
+    damaged,
+    first_line,
+    load_attrs,
+    partial_path,
+    rebuild_hint,
+)
 
-STORE_FORMAT = 3  # 3: integrity manifest and attribute digest
 CHUNK_ROWS = 256
-ROOT_META = "zarr.json"
 PROGRESS = "progress.json"
 _ZARR_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's own write-then-rename temporaries
 _OUR_TEMP = re.compile(r"^\..+\.(?:tmp|old)-\d+$")
-
-
-# Which DVC stage writes a store, from its path (pipeline/layout.py's conventions; dvc.yaml's matrix names).
-class StoreError(ExpectedError, RuntimeError):
-    """A store is missing, incomplete, damaged, of another format, or made for another backbone."""
-
-
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _files(root: Path) -> dict[str, Path]:
-    """Relative posix path -> path of every file under `root` but the root zarr.json, in sorted order."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            if rel != ROOT_META:
-                out[rel] = full
-    return dict(sorted(out.items()))
-
-
-def build_manifest(root: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {"size": bytes, "sha256": hex}} of every file under `root` but the root zarr.json."""
-    return {rel: {"size": p.stat().st_size, "sha256": _sha256(p)} for rel, p in _files(root).items()}
-
-
-def _attrs_digest(attrs: Mapping[str, Any]) -> str:
-    canonical = json.dumps({k: v for k, v in attrs.items() if k != "digest"}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _remove_temporaries(root: Path) -> None:
@@ -299,7 +263,7 @@ class StoreBuilder:
             self.group.attrs.update(attrs)
             # The digest covers the attributes as stored (read back), so it is checked against exactly that.
             stored = dict(zarr.open_group(str(self.partial), mode="r", zarr_format=3).attrs)
-            self.group.attrs.update({"digest": _attrs_digest(stored)})
+            self.group.attrs.update({"digest": attrs_digest(stored)})
             replace_dir(self.partial, self.path)
         self.release()
         return self.path
@@ -320,83 +284,6 @@ def write_small_store(path: Path, splits: Mapping[str, LabeledFeatures], meta: M
         builder.release()
 
 
-def _load_attrs(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
-    """The opened group and its root attributes, checked for completeness, format and digest."""
-    if not (path / ROOT_META).exists():
-        hint = " (an interrupted build is in .partial; rerun the stage)" if partial_path(path).exists() else ""
-        raise StoreError(f"no feature store at {path}{hint}; {rebuild_hint(path)}")
-    try:
-        group = zarr.open_group(str(path), mode="r", zarr_format=3)
-        attrs = dict(group.attrs)
-    except Exception as err:  # zarr raises many types for a damaged zarr.json
-        raise StoreError(f"feature store {path} cannot be opened ({_first_line(err)}); {rebuild_hint(path)}") from None
-    if attrs.get("complete") is not True:
-        raise StoreError(f"feature store {path} is incomplete; {rebuild_hint(path)}")
-    if attrs.get("format") != STORE_FORMAT:
-        raise StoreError(
-            f"feature store {path} has format {attrs.get('format')}, expected {STORE_FORMAT}; {rebuild_hint(path)}"
-        )
-    if not isinstance(attrs.get("manifest"), dict) or attrs.get("digest") != _attrs_digest(attrs):
-        raise StoreError(f"feature store {path} is damaged: its zarr.json was altered; {rebuild_hint(path)}")
-    return group, attrs
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
-
-
-def check_files(path: Path, manifest: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Cheap structural check: every listed file present with its size, no file that is not listed."""
-    problems = []
-    present = _files(path)
-    for rel, entry in manifest.items():
-        file = present.get(rel)
-        if file is None:
-            problems.append(f"{rel} is missing")
-        elif (size := file.stat().st_size) != entry.get("size"):
-            problems.append(f"{rel} has {size} bytes, expected {entry.get('size')}")
-    problems += [f"{rel} is not part of the store" for rel in present if rel not in manifest]
-    return problems
-
-
-def check_contents(
-    path: Path, manifest: Mapping[str, Mapping[str, Any]], prefix: str = "", metadata_only: bool = False
-) -> list[str]:
-    """sha256 of every listed file under `prefix` (that is present; only zarr.json files if `metadata_only`)
-    against the manifest."""
-    problems = []
-    for rel, entry in manifest.items():
-        if not rel.startswith(prefix) or (metadata_only and not rel.endswith(ROOT_META)):
-            continue
-        file = path / rel
-        if file.is_file() and _sha256(file) != entry.get("sha256"):
-            problems.append(f"{rel} does not match its checksum (altered)")
-    return problems
-
-
-def verify_store(path: str | Path) -> list[str]:
-    """Every problem of the store at `path`, one line each (empty: the store is sound). Reads every file."""
-    path = Path(path)
-    try:
-        group, attrs = _load_attrs(path)
-    except StoreError as err:
-        return [str(err)]
-    manifest = attrs["manifest"]
-    problems = check_files(path, manifest) + check_contents(path, manifest)
-    if not problems:
-        for name, array in _all_arrays(group):
-            try:
-                np.asarray(array[...])
-            except Exception as err:
-                problems.append(f"array {name} cannot be decoded ({_first_line(err)})")
-    return problems
-
-
-def _all_arrays(group: zarr.Group) -> list[tuple[str, Any]]:
-    return sorted((name, node) for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array))
-
-
 class FeatureStore:
     """Read side. Opening checks the store is complete and intact (see the module docstring) and (optionally) made
     for the expected backbone."""
@@ -411,13 +298,13 @@ class FeatureStore:
     @classmethod
     def open(cls, path: str | Path, backbone: Mapping[str, Any] | None = None, kind: str | None = None) -> FeatureStore:
         path = Path(path)
-        group, attrs = _load_attrs(path)
+        group, attrs = load_attrs(path)
         manifest = attrs["manifest"]
         problems = check_files(path, manifest)
         # Metadata files are tiny and zarr trusts them for shapes and codecs: their contents are checked now.
         problems += check_contents(path, manifest, metadata_only=True)
         if problems:
-            raise _damaged(path, problems)
+            raise damaged(path, problems)
         store = cls(path, group, attrs["meta"], manifest)
         if kind is not None and store.kind != kind:
             raise StoreError(f"{path} is a {store.kind!r} store, expected a {kind!r} store")
@@ -465,13 +352,13 @@ class FeatureStore:
         if self.manifest is not None and name not in self._verified:
             problems = check_contents(self.path, self.manifest, prefix=f"{name}/")
             if problems:
-                raise _damaged(self.path, problems)
+                raise damaged(self.path, problems)
             self._verified.add(name)
         try:
             return np.asarray(self.group[name][...])
         except Exception as err:  # zstd errors, shard checksum mismatches, truncated files
             raise StoreError(
-                f"feature store {self.path} is damaged: {name} cannot be read ({_first_line(err)}); "
+                f"feature store {self.path} is damaged: {name} cannot be read ({first_line(err)}); "
                 f"{rebuild_hint(self.path)}"
             ) from None
 
@@ -486,8 +373,3 @@ class FeatureStore:
     @property
     def logit_scale(self) -> float:
         return float(self.meta["backbone"].get("logit_scale", 100.0))
-
-
-def _damaged(path: Path, problems: list[str]) -> StoreError:
-    more = f" (and {len(problems) - 1} more problem(s): ship verify {path})" if len(problems) > 1 else ""
-    return StoreError(f"feature store {path} is damaged: {problems[0]}{more}; {rebuild_hint(path)}")

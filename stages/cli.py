@@ -63,8 +63,8 @@ def verify(
 ) -> None:
     """Check feature stores against the checksums recorded when they were completed: every file present, of its
     size and content, every array decodable. Prints one line per problem (exit 1), or one `ok` line per store."""
-    from pipeline.feature_store import verify_store
     from pipeline.layout import find_stores, rebuild_hint
+    from pipeline.store_integrity import verify_store
 
     stores: list[Path] = []
     for path in paths:

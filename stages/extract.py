@@ -33,7 +33,7 @@ from stages.command import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.extract import ExtractionPlan
+    from pipeline.extraction_plans import ExtractionPlan
 
 Nproc = Annotated[
     int,
@@ -64,7 +64,7 @@ def run_ranks(nproc: int, fn: Callable[..., None], args: tuple, debug: bool) -> 
             typer.echo("note: started by torchrun (WORLD_SIZE is set): --nproc is ignored", err=True)
         run_step(lambda: fn(*args), debug)
         return
-    from pipeline.extract import RankError, spawn_ranks
+    from pipeline.ranks import RankError, spawn_ranks
 
     setup_logging()
     logging.getLogger(__name__).info("starting %d ranks on this machine", nproc)
@@ -91,7 +91,8 @@ def run_train(params: Params, protocol: Protocol, dataset: str, seed: int, layou
 
 def _encode(params: Params, plan_of: Callable[[], ExtractionPlan], store: Path, settings: ExtractParams) -> None:
     from pipeline.backbone import load_backbone
-    from pipeline.extract import extract_features, rank_context
+    from pipeline.extract import extract_features
+    from pipeline.ranks import rank_context
 
     with rank_context(params.backbone.device) as (ranks, device):
         backbone = load_backbone(params.backbone, device)  # first: unusable weights fail within seconds

@@ -9,6 +9,8 @@ import logging
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
@@ -18,7 +20,7 @@ import torch
 from pipeline.backbone import register_model_configs
 from pipeline.datasets.coop import load_demo_dataset
 from pipeline.datasets.xlsa17 import load_xlsa17_dataset
-from pipeline.demo import world
+from pipeline.demo import catalogue, world
 from pipeline.demo.pretrain import DEMO_MODEL, pretrain_backbone
 from pipeline.params.demo import DemoBackboneParams, DemoWorldParams
 
@@ -33,8 +35,8 @@ TINY = DemoWorldParams(
     gzsl_test_unseen_per_class=1,
 )
 TINY_TRAINING = DemoBackboneParams(epochs=1, batch_size=32, warmup=0.5)
-BASE_TO_NEW = [ds for ds in world.DATASETS if ds.kind == "base_to_new"]
-GZSL = [ds for ds in world.DATASETS if ds.kind == "gzsl"]
+BASE_TO_NEW = [ds for ds in catalogue.DATASETS if ds.kind == "base_to_new"]
+GZSL = [ds for ds in catalogue.DATASETS if ds.kind == "gzsl"]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -64,7 +66,7 @@ def test_generation_is_deterministic_and_independent_of_workers(tiny_world: Path
 
 def test_world_layout(tiny_world: Path):
     assert sorted(p.name for p in tiny_world.iterdir()) == sorted(
-        [world.MANIFEST_FILE, world.WEB_DIR, *(d.name for d in world.DATASETS)]
+        [world.MANIFEST_FILE, world.WEB_DIR, *(d.name for d in catalogue.DATASETS)]
     )
     assert (tiny_world / world.WEB_DIR / world.WEB_CAPTIONS_FILE).is_file()
     for ds in BASE_TO_NEW:
@@ -89,7 +91,7 @@ def test_manifest_hashes_every_file_of_the_world(tiny_world: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("ds", BASE_TO_NEW, ids=lambda d: d.name)
-def test_base_to_new_datasets_read_back_through_the_coop_loader(tiny_world: Path, ds: world.DemoDataset):
+def test_base_to_new_datasets_read_back_through_the_coop_loader(tiny_world: Path, ds: catalogue.DemoDataset):
     splits = load_demo_dataset(ds.name, tiny_world / ds.name)
     assert splits.classnames == ds.classnames() and len(set(splits.classnames)) == len(splits.classnames)
     expected = {"train": TINY.train_per_class, "val": TINY.val_per_class, "test": TINY.test_per_class}
@@ -106,7 +108,7 @@ def test_base_to_new_datasets_read_back_through_the_coop_loader(tiny_world: Path
 
 
 @pytest.mark.parametrize("ds", GZSL, ids=lambda d: d.name)
-def test_gzsl_dataset_reads_back_through_the_xlsa17_loader(tiny_world: Path, ds: world.DemoDataset):
+def test_gzsl_dataset_reads_back_through_the_xlsa17_loader(tiny_world: Path, ds: catalogue.DemoDataset):
     root = tiny_world / ds.name
     splits = load_xlsa17_dataset(ds.name, root, root / world.IMAGES_DIR)
     assert splits.classnames == ds.classnames()  # "07.Red_fish" in att_splits.mat, cleaned by the loader
@@ -124,7 +126,7 @@ def test_gzsl_dataset_reads_back_through_the_xlsa17_loader(tiny_world: Path, ds:
 
 
 @pytest.mark.parametrize("ds", BASE_TO_NEW, ids=lambda d: d.name)
-def test_base_and_new_halves_each_cover_every_word(ds: world.DemoDataset):
+def test_base_and_new_halves_each_cover_every_word(ds: catalogue.DemoDataset):
     classes = ds.classes()
     assert ds.new_classes == "combinations"  # the default world
     assert [c.label for c in classes] == list(range(len(classes)))
@@ -139,10 +141,12 @@ def test_base_and_new_halves_each_cover_every_word(ds: world.DemoDataset):
 
 @pytest.mark.parametrize("name", [ds.name for ds in BASE_TO_NEW])
 def test_new_nouns_world_names_new_classes_by_nouns_no_base_class_uses(name: str):
-    ds = world.dataset(name, "new_nouns")
+    ds = catalogue.dataset(name, "new_nouns")
     classes = ds.classes()
     assert [c.label for c in classes] == list(range(len(classes)))
-    assert {(c.attribute, c.noun) for c in classes} == {(c.attribute, c.noun) for c in world.dataset(name).classes()}
+    assert {(c.attribute, c.noun) for c in classes} == {
+        (c.attribute, c.noun) for c in catalogue.dataset(name).classes()
+    }
     n_base = math.ceil(len(classes) / 2)
     base, new = classes[:n_base], classes[n_base:]
     base_nouns, new_nouns = {c.noun for c in base}, {c.noun for c in new}
@@ -153,30 +157,30 @@ def test_new_nouns_world_names_new_classes_by_nouns_no_base_class_uses(name: str
         assert len(half) == len(ds.attributes) * len(ds.nouns) // 2  # every (attribute, noun) of its nouns
         nouns = [c.noun for c in half]
         assert nouns != sorted(nouns, key=nouns.index)  # labels within a half are shuffled, not grouped by noun
-    assert world.dataset(name, "new_nouns").classes() == classes  # fixed
+    assert catalogue.dataset(name, "new_nouns").classes() == classes  # fixed
 
 
 def test_new_nouns_world_reorders_base_to_new_labels_only(tiny_world: Path, tmp_path: Path):
     out = tmp_path / "world"
     world.generate_world(TINY.model_copy(update={"new_classes": "new_nouns"}), out, workers=1)
-    for ds in world.world_datasets("new_nouns"):
+    for ds in catalogue.world_datasets("new_nouns"):
         assert (out / ds.name / world.CLASSNAMES_FILE).exists() == (ds.kind == "base_to_new")
         if ds.kind == "base_to_new":
             splits = load_demo_dataset(ds.name, out / ds.name)
-            assert splits.classnames == ds.classnames() != world.dataset(ds.name).classnames()
+            assert splits.classnames == ds.classnames() != catalogue.dataset(ds.name).classnames()
             n_base = math.ceil(len(splits.classnames) / 2)
             base_nouns = {ds.classes()[r.label].noun for r in splits.train if r.label < n_base}
             test_new_nouns = {ds.classes()[r.label].noun for r in splits.test if r.label >= n_base}
             assert base_nouns and test_new_nouns and not base_nouns & test_new_nouns
             assert all(r.path.parent.name == ds.classes()[r.label].dirname for r in splits.test)
     corpus = json.loads((out / world.WEB_DIR / world.WEB_CAPTIONS_FILE).read_text())
-    assert corpus["classnames"] == world.global_classnames(world.world_datasets("new_nouns"))
+    assert corpus["classnames"] == catalogue.global_classnames(catalogue.world_datasets("new_nouns"))
     # zoo does not depend on the base-to-new split: the same bytes as in the default world
     assert tree_hashes(out / "zoo") == tree_hashes(tiny_world / "zoo")
 
 
 @pytest.mark.parametrize("ds", GZSL, ids=lambda d: d.name)
-def test_unseen_classes_are_unseen_combinations_of_seen_words(ds: world.DemoDataset):
+def test_unseen_classes_are_unseen_combinations_of_seen_words(ds: catalogue.DemoDataset):
     classes = ds.classes()
     unseen = set(ds.unseen_labels())
     seen = [c for c in classes if c.label not in unseen]
@@ -188,17 +192,17 @@ def test_unseen_classes_are_unseen_combinations_of_seen_words(ds: world.DemoData
 
 
 def test_datasets_have_disjoint_names_and_shared_words():
-    names = [set(ds.classnames()) for ds in world.DATASETS]
-    assert sum(len(n) for n in names) == len(set().union(*names)) == len(world.global_classnames())
-    shapes, patterns = world.dataset("shapes"), world.dataset("patterns")
+    names = [set(ds.classnames()) for ds in catalogue.DATASETS]
+    assert sum(len(n) for n in names) == len(set().union(*names)) == len(catalogue.global_classnames())
+    shapes, patterns = catalogue.dataset("shapes"), catalogue.dataset("patterns")
     assert set(patterns.nouns) == set(shapes.nouns)  # cross-dataset transfer shapes -> patterns: shared nouns
     assert not set(patterns.attributes) & set(shapes.attributes)
-    assert set(world.dataset("zoo").attributes) <= set(shapes.attributes)
+    assert set(catalogue.dataset("zoo").attributes) <= set(shapes.attributes)
 
 
 def test_web_captions_name_their_class(tiny_world: Path):
     corpus = json.loads((tiny_world / world.WEB_DIR / world.WEB_CAPTIONS_FILE).read_text())
-    assert corpus["classnames"] == world.global_classnames()
+    assert corpus["classnames"] == catalogue.global_classnames()
     rows = corpus["images"]
     assert len(rows) == TINY.web_per_class * len(corpus["classnames"])
     for rel, label, caption in rows:
@@ -206,6 +210,14 @@ def test_web_captions_name_their_class(tiny_world: Path):
         attribute, noun = corpus["classnames"][label].split()
         assert {attribute, noun} <= set(re.findall(r"\w+", caption)), caption
     assert len({caption for _, _, caption in rows}) > len(rows) * 0.9  # varied templates, not one string
+
+
+def test_world_generation_does_not_import_the_dataset_loaders():
+    """The demo_world stage lists its code deps in dvc.yaml without the loaders: generating must not import them."""
+    code = "import sys, stages.demo_world; print(sorted(m for m in sys.modules if m.startswith('pipeline.datasets')))"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_interrupted_generation_leaves_no_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -232,8 +244,8 @@ def test_pretraining_writes_a_loadable_deterministic_checkpoint(
     pretrain_backbone(TINY_TRAINING, tiny_world, second, max_steps=2)
     assert figures["steps"] == 2 and math.isfinite(figures["final_loss"])
     assert {"train_seconds", "train_cpu_seconds", "images_per_second", "web_fit_top1"} <= figures.keys()
-    assert figures["zero_shot"].keys() == {ds.name for ds in world.DATASETS}
-    for ds in world.DATASETS:
+    assert figures["zero_shot"].keys() == {ds.name for ds in catalogue.DATASETS}
+    for ds in catalogue.DATASETS:
         keys = {"base", "new", "hm"} if ds.kind == "base_to_new" else {"seen", "unseen", "h"}
         assert figures["zero_shot"][ds.name].keys() == keys
         assert all(0.0 <= v <= 1.0 for v in figures["zero_shot"][ds.name].values())

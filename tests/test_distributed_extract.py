@@ -15,9 +15,11 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.backbone import load_backbone
-from pipeline.extract import ExtractionPlan, RankError, Ranks, SplitPlan, extract_features, rank_context, spawn_ranks
+from pipeline.extract import extract_features
+from pipeline.extraction_plans import ExtractionPlan, SplitPlan
 from pipeline.feature_store import FeatureStore, StoreBuilder, StoreError, partial_path, progress_file_name
 from pipeline.params import BackboneParams, ExtractParams
+from pipeline.ranks import RankError, Ranks, rank_context, spawn_ranks
 from stages.cli import app
 from tests import tiny_world
 from tests.conftest import TINY_MODEL

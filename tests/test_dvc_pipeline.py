@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.working_tree import OUTPUTS, copy_working_tree
+from pipeline.working_tree import OUTPUTS, copy_working_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from pipeline.backbone import Backbone, load_backbone
-from pipeline.extract import CorruptImageError, ExtractionPlan, SplitPlan, extract_features, load_rgb
+from pipeline.extract import CorruptImageError, extract_features, load_rgb
+from pipeline.extraction_plans import ExtractionPlan, SplitPlan
 from pipeline.feature_store import FeatureStore, StoreBuilder, StoreError, partial_path
 from pipeline.params import BackboneParams, ExtractParams
 from tests.conftest import TINY_MODEL

@@ -21,15 +21,9 @@ import pytest
 import yaml
 import zarr
 
-from pipeline.feature_store import (
-    PROGRESS,
-    FeatureStore,
-    StoreBuilder,
-    StoreError,
-    partial_path,
-    verify_store,
-)
+from pipeline.feature_store import PROGRESS, FeatureStore, StoreBuilder, StoreError, partial_path
 from pipeline.layout import Layout, writer_stage
+from pipeline.store_integrity import verify_store
 from tests import tiny_world
 from tests.hardening_world import B2N, FAST_METHODS, World, built_world, copy_world, ok, one_line_error, ship
 

@@ -16,9 +16,11 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline.datasets import holdout_validation, load_xlsa17_dataset, write_xlsa17
+from pipeline.datasets import holdout_validation, load_xlsa17_dataset, xlsa17
 from pipeline.datasets.records import DatasetError, ImageRecord
-from pipeline.datasets.xlsa17 import OXFORD_FLOWERS_102_NAMES, clean_classname
+from pipeline.datasets.xlsa17 import clean_classname, oxford_flowers_102_names
+from pipeline.demo import xlsa17_writer
+from pipeline.demo.xlsa17_writer import write_xlsa17
 
 CUB_PREFIX = "/BS/Deep_Fragments/work/MSc/CUB_200_2011/CUB_200_2011/images/"
 AWA2_PREFIX = "/BS/xian/work/data/Animals_with_Attributes2//JPEGImages/"
@@ -221,7 +223,7 @@ def _flo_102(tmp_path: Path) -> Tree:
 def test_flo_default_names_are_oxfords_category_order(tmp_path: Path) -> None:
     tree = _flo_102(tmp_path)
     splits = tree.load()
-    assert splits.classnames == list(OXFORD_FLOWERS_102_NAMES)
+    assert splits.classnames == list(oxford_flowers_102_names())
     assert splits.classnames[:3] == ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
     assert splits.classnames[-1] == "blackberry lily"
     assert splits.meta["classnames"] == "default:oxford_flowers_102"
@@ -230,7 +232,7 @@ def test_flo_default_names_are_oxfords_category_order(tmp_path: Path) -> None:
     # Oxford's imagelabels.mat beside jpg/ (Oxford's layout): labels that agree load, a disagreement stops.
     oxford = np.asarray(tree.labels, dtype=np.uint8).reshape(1, -1) + 1
     scipy.io.savemat(tree.image_root.parent / "imagelabels.mat", {"labels": oxford})
-    assert tree.load().classnames == list(OXFORD_FLOWERS_102_NAMES)
+    assert tree.load().classnames == list(oxford_flowers_102_names())
     oxford[0, 4] = 7
     scipy.io.savemat(tree.image_root.parent / "imagelabels.mat", {"labels": oxford})
     with pytest.raises(DatasetError, match=r"res101\.mat: image_files\[4\] \(image_00005\.jpg\).*imagelabels\.mat"):
@@ -244,7 +246,7 @@ def test_oxford_names_agree_with_torchvision() -> None:
     if reference is None:
         pytest.skip("this torchvision has no Flowers102.classes")
     # torchvision copies Oxford's page literally, including its one question mark.
-    assert [n.rstrip("?") for n in reference] == list(OXFORD_FLOWERS_102_NAMES)
+    assert [n.rstrip("?") for n in reference] == list(oxford_flowers_102_names())
 
 
 def test_generic_name_strips_the_longest_existing_suffix(tmp_path: Path) -> None:
@@ -331,6 +333,11 @@ def test_writer_bytes_are_deterministic(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["att_splits.mat", "res101.mat"]
     for data in first.values():
         assert data.startswith(b"MATLAB 5.0 MAT-file") and b"Created on" not in data[:128]
+
+
+def test_writer_names_the_files_the_reader_opens() -> None:
+    # The writer keeps its own copy of the two names, so that the demo world does not import the reader.
+    assert (xlsa17_writer.ATT_SPLITS_FILE, xlsa17_writer.RES101_FILE) == (xlsa17.ATT_SPLITS_FILE, xlsa17.RES101_FILE)
 
 
 def test_writer_refuses_bad_input(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets.xlsa17 import write_xlsa17
+from pipeline.demo.xlsa17_writer import write_xlsa17
 from tests.conftest import TINY_MODEL
 from tests.extract_fixtures import tiny_checkpoint
 

@@ -15,7 +15,7 @@ from pipeline.datasets.fewshot import (
 )
 from pipeline.datasets.imagefolder import load_imagefolder_dataset
 from pipeline.datasets.records import DatasetError, DatasetSplits, GzslSplits, ImageRecord
-from pipeline.datasets.xlsa17 import holdout_validation, load_xlsa17_dataset, write_xlsa17
+from pipeline.datasets.xlsa17 import holdout_validation, load_xlsa17_dataset
 from pipeline.params.dataset import COOP_DATASETS, DatasetSpec
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "load_dataset",
     "load_splits",
     "load_xlsa17_dataset",
-    "write_xlsa17",
 ]
 
 

@@ -1,5 +1,6 @@
 """Generalized zero-shot datasets in the xlsa17 "proposed splits" format (Xian et al., "Zero-Shot Learning - The
-Good, the Bad and the Ugly"), and a writer for the same format (the offline demo writes its GZSL dataset with it).
+Good, the Bad and the Ugly"). A writer for the same format is `pipeline/demo/xlsa17_writer.py` (the offline demo
+writes its GZSL dataset with it).
 
 Layout of a dataset root (one per dataset, as released: xlsa17/data/CUB, .../AWA2; FLO from the same authors'
 CVPR'18 release uses the same files):
@@ -41,7 +42,8 @@ come from, in order of precedence:
 1. `classnames_file`: one name per line in label order (blank lines ignored), cleaned the same way;
 2. `allclasses_names` in att_splits.mat (CUB, AWA2, SUN);
 3. for FLO only, whose att_splits.mat holds no names (its `att` is a 1024-d text embedding per class): the 102
-   Oxford Flowers names in Oxford's category order, `OXFORD_FLOWERS_102_NAMES`. That list is the one torchvision
+   Oxford Flowers names in Oxford's category order (`oxford_flowers_102_names()`, read from the package's
+   `flowers102_classnames.txt`, one name per line). That list is the one torchvision
    (`Flowers102.classes`, whose labels are imagelabels.mat - 1), CoOp's cat_to_name.json and TFDS agree on; public
    GZSL code (e.g. EmDepart, ACM MM'24) indexes it by FLO's res101 labels, i.e. FLO labels follow Oxford's order.
    Because that last link is established by use rather than by the release itself, the loader checks it whenever
@@ -54,7 +56,8 @@ the labels use (1..C, each with at least one image).
 
 from __future__ import annotations
 
-import io
+import functools
+import importlib.resources
 import operator
 import os
 import random
@@ -82,36 +85,17 @@ XLSA17_LAYOUT = (
 ANCHOR_DIRS: dict[str, str] = {"cub": "images", "awa2": "JPEGImages", "flo": "jpg", "sun": "images"}
 MISSING_SHOWN = 5  # missing images named in the error message
 
-# Oxford Flowers-102 category names, index = Oxford label - 1 (see the module docstring for the sources).
-OXFORD_FLOWERS_102_NAMES: tuple[str, ...] = (
-    "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold",
-    "tiger lily", "moon orchid", "bird of paradise", "monkshood", "globe thistle",
-    "snapdragon", "colt's foot", "king protea", "spear thistle", "yellow iris",
-    "globe-flower", "purple coneflower", "peruvian lily", "balloon flower", "giant white arum lily",
-    "fire lily", "pincushion flower", "fritillary", "red ginger", "grape hyacinth",
-    "corn poppy", "prince of wales feathers", "stemless gentian", "artichoke", "sweet william",
-    "carnation", "garden phlox", "love in the mist", "mexican aster", "alpine sea holly",
-    "ruby-lipped cattleya", "cape flower", "great masterwort", "siam tulip", "lenten rose",
-    "barbeton daisy", "daffodil", "sword lily", "poinsettia", "bolero deep blue",
-    "wallflower", "marigold", "buttercup", "oxeye daisy", "common dandelion",
-    "petunia", "wild pansy", "primula", "sunflower", "pelargonium",
-    "bishop of llandaff", "gaura", "geranium", "orange dahlia", "pink-yellow dahlia",
-    "cautleya spicata", "japanese anemone", "black-eyed susan", "silverbush", "californian poppy",
-    "osteospermum", "spring crocus", "bearded iris", "windflower", "tree poppy",
-    "gazania", "azalea", "water lily", "rose", "thorn apple",
-    "morning glory", "passion flower", "lotus", "toad lily", "anthurium",
-    "frangipani", "clematis", "hibiscus", "columbine", "desert-rose",
-    "tree mallow", "magnolia", "cyclamen", "watercress", "canna lily",
-    "hippeastrum", "bee balm", "ball moss", "foxglove", "bougainvillea",
-    "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower",
-    "trumpet creeper", "blackberry lily",
-)  # fmt: skip
+# Oxford Flowers-102 category names, line k = Oxford label k (see the module docstring for the sources).
+OXFORD_FLOWERS_102_FILE = "flowers102_classnames.txt"
 OXFORD_LABELS_FILE = "imagelabels.mat"
 _OXFORD_IMAGE = re.compile(r"image_(\d+)\.jpg")
 
-# The MAT-file header text scipy writes embeds the time of writing; the writer puts this fixed text there instead.
-MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by pipeline.datasets.xlsa17 (xlsa17 proposed-splits layout)"
-MAT_HEADER_TEXT_BYTES = 116  # the descriptive-text field of the 128-byte MAT 5 file header
+
+@functools.cache
+def oxford_flowers_102_names() -> tuple[str, ...]:
+    """The 102 Oxford Flowers names, index = Oxford label - 1 (package data: read once)."""
+    text = importlib.resources.files("pipeline.datasets").joinpath(OXFORD_FLOWERS_102_FILE).read_text(encoding="utf-8")
+    return tuple(text.splitlines())
 
 
 def clean_classname(raw: str) -> str:
@@ -237,7 +221,7 @@ def _classnames(
     elif from_att is not None:
         raw, source, words = from_att, f"{ATT_SPLITS_FILE}:allclasses_names", f"{att_path} allclasses_names"
     elif name.lower() == "flo":
-        raw, source, words = list(OXFORD_FLOWERS_102_NAMES), "default:oxford_flowers_102", "the Oxford Flowers names"
+        raw, source, words = list(oxford_flowers_102_names()), "default:oxford_flowers_102", "the Oxford Flowers names"
     else:
         raise DatasetError(
             f"{att_path}: has no 'allclasses_names' and dataset {name!r} has no default class names; "
@@ -525,89 +509,3 @@ def holdout_validation(
         train += [r for i, r in enumerate(group) if i not in held]
         val += [r for i, r in enumerate(group) if i in held]
     return train, val
-
-
-def _smallest_uint(max_value: int) -> type[np.unsignedinteger]:
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if max_value <= np.iinfo(dtype).max:
-            return dtype
-    return np.uint64
-
-
-def _column(values: Sequence[int], what: str, upper: int) -> np.ndarray:
-    """0-based ints -> 1-based (n, 1) column of the smallest unsigned type (as the real files: uint8 / uint16)."""
-    array = np.asarray(list(values), dtype=np.int64).reshape(-1)
-    if array.size and (array.min() < 0 or array.max() >= upper):
-        raise ValueError(f"write_xlsa17: {what} must lie in 0..{upper - 1}, got {array.min()}..{array.max()}")
-    return (array + 1).astype(_smallest_uint(upper)).reshape(-1, 1)
-
-
-def _cell(strings: Sequence[str]) -> np.ndarray:
-    cell = np.empty((len(strings), 1), dtype=object)
-    for i, s in enumerate(strings):
-        cell[i, 0] = s
-    return cell
-
-
-def _mat_bytes(variables: Mapping[str, np.ndarray]) -> bytes:
-    """MAT 5 bytes from scipy.io.savemat with the header's text fixed (scipy's embeds the time of writing)."""
-    buffer = io.BytesIO()
-    scipy.io.savemat(buffer, dict(variables), format="5", do_compression=False, oned_as="column")
-    data = bytearray(buffer.getvalue())
-    data[:MAT_HEADER_TEXT_BYTES] = MAT_HEADER_TEXT.ljust(MAT_HEADER_TEXT_BYTES, b" ")
-    return bytes(data)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_xlsa17(
-    root: Path,
-    classnames: Sequence[str],
-    image_files: Sequence[str],
-    labels: Sequence[int],
-    trainval_loc: Sequence[int],
-    test_seen_loc: Sequence[int],
-    test_unseen_loc: Sequence[int],
-    *,
-    path_prefix: str,
-) -> None:
-    """Write `root`/att_splits.mat and `root`/res101.mat in the structure of the released files.
-
-    Inputs are 0-based (labels index `classnames`, locs index `image_files`); the files hold 1-based (n, 1)
-    columns of uint8/uint16 as the real ones do. `image_files` are POSIX paths relative to the image folder and are
-    listed as `path_prefix + path` (the prefix ends with '/', e.g. an author-style '/data/zoo/images/'), so the
-    loader's prefix mapping is exercised. `allclasses_names` is written as given (a cell array, label order).
-
-    Placeholders, since no consumer of these files here needs them: `att` is the identity (classes x classes,
-    one-hot "attributes"); `train_loc` = trainval_loc and `val_loc` is empty; res101.mat has no `features` (a
-    tool that needs ResNet features must extract them). The bytes are deterministic: the MAT header's text, where
-    scipy writes the time, is fixed.
-    """
-    n_classes, n_images = len(classnames), len(image_files)
-    if len(labels) != n_images:
-        raise ValueError(f"write_xlsa17: {n_images} image_files but {len(labels)} labels")
-    if path_prefix and not path_prefix.endswith("/"):
-        raise ValueError(f"write_xlsa17: path_prefix must end with '/', got {path_prefix!r}")
-    for rel in image_files:
-        if not rel or rel.startswith("/") or ".." in rel.split("/"):
-            raise ValueError(f"write_xlsa17: image path {rel!r} must be relative to the image folder, without '..'")
-    label_column = _column(labels, "labels", n_classes)
-    trainval = _column(trainval_loc, "trainval_loc", n_images)
-    att_splits = {
-        "allclasses_names": _cell(list(classnames)),
-        "att": np.eye(n_classes, dtype=np.float64),
-        "train_loc": trainval,
-        "val_loc": np.zeros((0, 1), dtype=trainval.dtype),
-        "trainval_loc": trainval,
-        "test_seen_loc": _column(test_seen_loc, "test_seen_loc", n_images),
-        "test_unseen_loc": _column(test_unseen_loc, "test_unseen_loc", n_images),
-    }
-    res101 = {"image_files": _cell([path_prefix + rel for rel in image_files]), "labels": label_column}
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    _write_atomic(root / ATT_SPLITS_FILE, _mat_bytes(att_splits))
-    _write_atomic(root / RES101_FILE, _mat_bytes(res101))

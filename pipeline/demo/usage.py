@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.atomic_files import replace_dir
+from pipeline.atomic_files import replacing_dir
 from pipeline.demo.world import write_manifest
 from pipeline.layout import DEFAULT_LAYOUT
 from pipeline.params import Params
@@ -27,9 +27,7 @@ def demo_datasets_in_use(params: Params, world: Path) -> list[str]:
 def write_marker(out: Path, reason: str, *, manifest: bool = False) -> None:
     """A DVC out must exist even when a stage has nothing to do; the marker says why it is empty. `manifest`: also
     the world's manifest.json, which the stages downstream depend on."""
-    tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "NOT_USED.txt").write_text(reason + "\n")
-    if manifest:
-        write_manifest(tmp)
-    replace_dir(tmp, out)
+    with replacing_dir(out) as tmp:
+        (tmp / "NOT_USED.txt").write_text(reason + "\n")
+        if manifest:
+            write_manifest(tmp)

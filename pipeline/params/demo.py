@@ -4,12 +4,12 @@ from pydantic import Field
 
 from pipeline.params.base import Section
 
-NewClasses = Literal["combinations", "new_nouns"]  # how a base-to-new demo dataset's new half differs (world.py)
+NewClasses = Literal["combinations", "new_nouns"]  # how a base-to-new demo dataset's new half differs (catalogue.py)
 
 
 class DemoWorldParams(Section):
     """The generated demo world (owned by pipeline/demo/world.py). Its datasets and their class lists are part of
-    the world's definition in code (`pipeline.demo.world.DATASETS`); these keys set image counts and rendering."""
+    the world's definition in code (`pipeline.demo.catalogue.DATASETS`); these keys set image counts and rendering."""
 
     seed: int = Field(default=0, ge=0, description="seed of every image's RNG (the class lists never depend on it)")
     image_size: int = Field(default=64, ge=16, description="side of every image in pixels")

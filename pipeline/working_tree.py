@@ -1,4 +1,6 @@
-"""Copies of this checkout for tests and benchmarks that run `dvc repro` in a repository of their own."""
+"""Copies of this checkout for tests and benchmarks that run `dvc repro` in a repository of their own. It lives in
+the package so that both tests/ and benchmarks/ import it from one place; it needs a git checkout (ROOT), so it only
+works from the source tree, not from an installed wheel."""
 
 from __future__ import annotations
 
