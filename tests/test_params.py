@@ -231,6 +231,10 @@ TEMPLATE = "exactly one '{}' (the class name) and no other braces"
             "seeds.0: must be an integer in [0, 2147483647] (got 1180591620717411303424)",
         ),
         ("seeds=[-1]", "seeds.0: must be an integer in [0, 2147483647] (got -1)"),
+        (  # torch.manual_seed cannot take it: the demo backbone's pre-training failed with an overflow
+            "demo.backbone.seed=1180591620717411303424",
+            "demo.backbone.seed: must be an integer in [0, 2147483647] (got 1180591620717411303424)",
+        ),
         ("seeds=['a']", "seeds.0: must be an integer in [0, 2147483647] (got 'a')"),
         ("seeds=[1.5]", "seeds.0: must be an integer in [0, 2147483647] (got 1.5)"),
         ("seeds=[]", "seeds: must be a list of at least 1 item, each an integer in [0, 2147483647] (got [])"),
