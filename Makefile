@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint bench clean-venv
+.PHONY: repro test lint bench gpu-check clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extraction_efficiency.py
 	$(BIN)/python benchmarks/finetune_neighbour.py
 	$(BIN)/python benchmarks/cached_vs_reference_vitb16.py
+
+# Run first on a GPU machine: the project's extraction (AMP vs float32), generator and fine-tuning on the device, one
+# table, exit 1 on a failure (benchmarks/gpu_check.py; ~1-3 min on one H100). Without a GPU: ARGS="--device cpu --tiny".
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

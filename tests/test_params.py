@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline.params import ParamsError, load_params, parse_params, preset_keys
@@ -194,3 +195,137 @@ def test_a_dataset_no_experiment_uses_is_a_warning_not_an_error(caplog):
         params = parse_params(data)
     assert "spare" in params.datasets
     assert "datasets ['spare'] are used by no experiment" in caplog.text
+
+
+# --- messages: the key path, the value found and what is allowed --------------------------------------------------
+
+
+def _problems(*overrides: str) -> list[str]:
+    with pytest.raises(ParamsError) as err:
+        load_params(ROOT / "params.yaml", list(overrides))
+    header, *lines = str(err.value).splitlines()
+    assert header == f"invalid params in {ROOT / 'params.yaml'}:"
+    return [line.strip() for line in lines]
+
+
+TEMPLATE = "exactly one '{}' (the class name) and no other braces"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # A list whose only item fails used to get a second line, "Tuple should have at least 1 item after
+        # validation, not 0"; range errors used to give one bound of the range.
+        ("extract.templates=['a photo']", f"extract.templates.0: a template must contain {TEMPLATE} (got 'a photo')"),
+        (
+            "extract.templates=['a {} {}']",
+            f"extract.templates.0: a template must contain {TEMPLATE} (got 'a {{}} {{}}')",
+        ),
+        (
+            "finetune.tip_adapter_f.templates=['{} and {}']",
+            f"finetune.tip_adapter_f.templates.0: a template must contain {TEMPLATE} (got '{{}} and {{}}')",
+        ),
+        ("extract.templates=[3]", f"extract.templates.0: must be a string with {TEMPLATE} (got 3)"),
+        (
+            "extract.templates=[]",
+            f"extract.templates: must be a list of at least 1 item, each a string with {TEMPLATE}, or null (got [])",
+        ),
+        (
+            "seeds=[1180591620717411303424]",
+            "seeds.0: must be an integer in [0, 2147483647] (got 1180591620717411303424)",
+        ),
+        ("seeds=[-1]", "seeds.0: must be an integer in [0, 2147483647] (got -1)"),
+        (  # torch.manual_seed cannot take it: the demo backbone's pre-training failed with an overflow
+            "demo.backbone.seed=1180591620717411303424",
+            "demo.backbone.seed: must be an integer in [0, 2147483647] (got 1180591620717411303424)",
+        ),
+        ("seeds=['a']", "seeds.0: must be an integer in [0, 2147483647] (got 'a')"),
+        ("seeds=[1.5]", "seeds.0: must be an integer in [0, 2147483647] (got 1.5)"),
+        ("seeds=[]", "seeds: must be a list of at least 1 item, each an integer in [0, 2147483647] (got [])"),
+        ("seeds=3", "seeds: must be a list of at least 1 item, each an integer in [0, 2147483647] (got 3)"),
+        ("seeds=[1, 1]", "seeds: repeat a seed ([1]); each seed may be listed once (got [1, 1])"),
+        (
+            "seeds=[true]",
+            "seeds: true/false where a number belongs; must be a list of at least 1 item, each an integer in "
+            "[0, 2147483647] (got [True])",
+        ),
+        ("finetune.coop.lr=.nan", "finetune.coop.lr: must be a finite number > 0, or null (got nan)"),
+        ("finetune.coop.lr=-1", "finetune.coop.lr: must be a number > 0, or null (got -1)"),
+        ("finetune.coop.epochs=1.5", "finetune.coop.epochs: must be an integer >= 1, or null (got 1.5)"),
+        (
+            "finetune.coop.optimizer=rmsprop",
+            "finetune.coop.optimizer: must be one of 'sgd', 'adam', 'adamw', or null (got 'rmsprop')",
+        ),
+        ("finetune.coop.ctx_init=3", "finetune.coop.ctx_init: must be a string (got 3)"),
+        ("extract.views=1000", "extract.views: must be an integer in [0, 256] (got 1000)"),
+        ("extract.crop_scale_min=0", "extract.crop_scale_min: must be a number in (0, 1] (got 0)"),
+        ("extract.skip_corrupt=2", "extract.skip_corrupt: must be true or false (got 2)"),
+        (
+            "extract.block_size=300",
+            "extract.block_size: must be an integer <= 256 or a multiple of 256 (shards hold whole 256-row chunks) "
+            "(got 300)",
+        ),
+        (
+            "finetune.methods=[coop, magic]",
+            "finetune.methods.1: must be one of 'zeroshot', 'coop', 'coop_ship', 'clip_adapter', 'clip_adapter_ship', "
+            "'tip_adapter_f', 'tip_adapter_f_ship', 'gda', 'gda_ship', 'kgcoop', 'kgcoop_ship', 'taskres', "
+            "'taskres_ship', or a *_ship method + '_oracle' (e.g. 'coop_ship_oracle') (got 'magic')",
+        ),
+        (
+            "finetune.tip_adapter_f.search_scale=[7]",
+            "finetune.tip_adapter_f.search_scale: must be a list of exactly 2 items, each a number > 0.1, or null "
+            "(got [7])",
+        ),
+        (
+            "finetune.tip_adapter_f.search_steps=[0, 20]",
+            "finetune.tip_adapter_f.search_steps.0: must be an integer >= 1 (got 0)",
+        ),
+        ("base_to_new.datasets=[1]", "base_to_new.datasets.0: must be a string (got 1)"),
+        (
+            "datasets.shapes.kind=zzz",
+            "datasets.shapes.kind: must be one of 'demo', 'coop', 'imagefolder', 'xlsa17' (got 'zzz')",
+        ),
+        ("backbone=null", "backbone: must be a section with keys model, pretrained, device, cache_dir (got None)"),
+        (
+            "generator.typo=3",
+            "generator.typo: unknown key (value 3); generator has keys prompt_length, encoder_hidden, bias_hidden, "
+            "bias_activation, init_std, kl_weight, lr, weight_decay, batch_size, epochs, select",
+        ),
+    ],
+)
+def test_each_message_names_the_key_the_value_and_what_is_allowed(override, message):
+    assert _problems(override) == [message]
+
+
+def test_every_problem_of_a_file_gets_its_own_line():
+    problems = _problems("seeds=[1, 1]", "base_to_new.datasets=[shapes, shapes, nope]")
+    assert problems == [
+        "seeds: repeat a seed ([1]); each seed may be listed once (got [1, 1])",
+        "base_to_new.datasets lists ['shapes'] twice; each dataset may be listed once (got ['shapes', 'shapes', "
+        "'nope'])",
+        "base_to_new.datasets names 'nope', which is not in datasets (one of: shapes, patterns, zoo)",
+    ]
+
+
+@pytest.mark.parametrize("value", ["null", "''"])
+def test_an_empty_or_null_coop_context_init_is_a_random_init(value, tiny_tower, monkeypatch):
+    from pipeline.adapters import coop
+    from tests.test_adapters import prompt_task
+
+    params = load_params(ROOT / "params.yaml", [f"finetune.coop.ctx_init={value}", "finetune.coop.epochs=1"])
+    assert params.finetune.coop.ctx_init == ""  # one spelling of "random" in every record of the params
+
+    class Started(Exception):
+        pass
+
+    def first_context(module, *args, **kwargs):
+        raise Started(module.ctx.detach().clone())
+
+    monkeypatch.setattr(coop, "train", first_context)
+    task, _ = prompt_task(tiny_tower)
+    with pytest.raises(Started) as started:
+        coop.CoOp(params.finetune.coop).fit(task, tiny_tower, seed=3)
+    ctx = started.value.args[0]
+    # CoOp's generic init: context vectors ~ N(0, 0.02^2), drawn from the fit's seed
+    expected = 0.02 * torch.randn(4, tiny_tower.width, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ctx, expected)

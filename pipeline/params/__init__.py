@@ -45,6 +45,7 @@ from pipeline.params.finetune import (
     TrainingRecipe,
 )
 from pipeline.params.generator import GeneratorParams, SynthesizeParams
+from pipeline.params.messages import format_errors
 from pipeline.presets import DEFAULT, PresetError, load_preset, preset_path
 
 log = logging.getLogger(__name__)
@@ -106,13 +107,16 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
+        # One problem per line, each naming its key path: the error formatter prints them as they are.
         problems = []
-        if len(set(self.seeds)) != len(self.seeds):
-            problems.append(f"seeds {list(self.seeds)} repeat a seed")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            problems.append(f"seeds: repeat a seed ({repeated}); each seed may be listed once (got {list(self.seeds)})")
         for name in self.datasets:
             if not re.match(DATASET_NAME_PATTERN, name):
                 problems.append(
-                    f"dataset name {name!r} must match {DATASET_NAME_PATTERN} (it becomes part of stage names)"
+                    f"datasets: dataset name {name!r} must match {DATASET_NAME_PATTERN}: lower-case letters, digits "
+                    "and '_', starting with a letter (it becomes part of stage names)"
                 )
         used: dict[str, list[str]] = {}
         for where, names in (
@@ -122,12 +126,15 @@ class Params(Section):
             ("gzsl.datasets", self.gzsl.datasets),
         ):
             if len(set(names)) != len(names):
-                problems.append(f"{where} lists a dataset twice: {list(names)}")
+                twice = sorted({n for n in names if names.count(n) > 1})
+                problems.append(f"{where} lists {twice} twice; each dataset may be listed once (got {list(names)})")
             for name in names:
                 used.setdefault(name, []).append(where)
                 spec = self.datasets.get(name)
                 if spec is None:
-                    problems.append(f"{where} names {name!r}, which is not in datasets ({', '.join(self.datasets)})")
+                    problems.append(
+                        f"{where} names {name!r}, which is not in datasets (one of: {', '.join(self.datasets)})"
+                    )
                 elif (spec.kind == "xlsa17") != (where == "gzsl.datasets"):
                     need = "an xlsa17 dataset" if where == "gzsl.datasets" else "not an xlsa17 dataset"
                     problems.append(f"{where} names {name!r} (kind={spec.kind}), but needs {need}")
@@ -137,7 +144,7 @@ class Params(Section):
             # normal use; only extract_eval (its matrix runs over every entry) still encodes their test splits.
             log.warning("datasets %s are used by no experiment; extract_eval still encodes their test splits", unused)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     # --- per-dataset views ------------------------------------------------------------------------------------
@@ -196,32 +203,6 @@ def preset_keys(model: type[BaseModel] = Params, prefix: str = "") -> list[str]:
     return keys
 
 
-def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
-    for key in loc:
-        try:
-            data = data[key]
-        except (KeyError, IndexError, TypeError):
-            return "<missing>"
-    return data
-
-
-def _format_errors(source: str, data: dict[str, Any], err: ValidationError) -> str:
-    lines = [f"invalid params in {source}:"]
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {_lookup(data, loc)!r})")
-        elif e["type"] == "missing":
-            lines.append(f"  {key}: required key is missing")
-        elif not loc or isinstance(value := _lookup(data, loc), dict):  # a cross-field check names its keys
-            lines.append(f"  {key or '<top level>'}: {msg}")
-        else:
-            lines.append(f"  {key}: {msg} (got {value!r})")
-    return "\n".join(lines)
-
-
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 0.1, [1,2] work)."""
     if "=" not in override:
@@ -248,7 +229,7 @@ def parse_params(data: Any, source: str = "<params>") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as err:
-        raise ParamsError(_format_errors(source, data, err)) from None
+        raise ParamsError(format_errors(Params, source, data, err)) from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:

@@ -2,7 +2,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.params.base import Section
+from pipeline.params.base import Section, Seed
 
 NewClasses = Literal["combinations", "new_nouns"]  # how a base-to-new demo dataset's new half differs (catalogue.py)
 
@@ -52,7 +52,7 @@ class DemoBackboneParams(Section):
     balanced: bool = Field(
         default=True, description="class-balanced batches: distinct classes (of all datasets) in every batch"
     )
-    seed: int = Field(default=0, ge=0, description="seed of the initial weights, batch order and augmentation")
+    seed: Seed = Field(default=0, description="seed of the initial weights, batch order and augmentation (torch)")
 
 
 class DemoParams(Section):

@@ -38,5 +38,5 @@ class ExtractParams(Section):
     @classmethod
     def _whole_chunks(cls, v: int) -> int:
         if v > 256 and v % 256:
-            raise ValueError(f"must be <= 256 or a multiple of 256 (shards hold whole 256-row chunks), got {v}")
+            raise ValueError("must be an integer <= 256 or a multiple of 256 (shards hold whole 256-row chunks)")
         return v

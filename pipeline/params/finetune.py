@@ -6,7 +6,7 @@ reference codes set them per dataset (e.g. CoOp's 50 epochs on ImageNet vs 200 e
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, Field, field_validator
 
@@ -28,6 +28,9 @@ Method = Literal[
     "taskres_ship",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
+# Tip-Adapter's alpha/beta search grids start at 0.1 and run up to (not including) their end, in `steps` values.
+GridEnd = Annotated[float, Field(gt=0.1)]
+GridSteps = Annotated[int, Field(ge=1)]
 # `<method>_ship_oracle`: a *_ship method whose "synthetic" features are real few-shot features of the label-only
 # classes (a diagnostic beyond the paper: what a perfect generator could give; base-to-new only).
 ORACLE = "_oracle"
@@ -49,8 +52,8 @@ def ship_method(method: str) -> str:
 
 def _known_method(method: str) -> str:
     if method not in METHODS and not (is_oracle(method) and ship_method(method) in METHODS):
-        oracles = [f"{m}{ORACLE}" for m in METHODS if m.endswith("_ship")]
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join((*METHODS, *oracles))}")
+        names = ", ".join(repr(m) for m in METHODS)
+        raise ValueError(f"must be one of {names}, or a *_ship method + {ORACLE!r} (e.g. 'coop_ship{ORACLE}')")
     return method
 
 
@@ -98,7 +101,16 @@ class CoOpParams(TrainingRecipe):
     epoch at 1e-5, per-epoch cosine, context initialised from "a photo of a"."""
 
     n_ctx: int = Field(default=4, ge=1, description="learned context tokens")
-    ctx_init: str = Field(default="a photo of a", description="must tokenize to exactly n_ctx tokens; '' = random")
+    ctx_init: str = Field(
+        default="a photo of a",
+        description="words whose token embeddings initialise the context; must tokenize to exactly n_ctx tokens. "
+        "'' or null: random init, context vectors ~ N(0, 0.02) (CoOp's code when CTX_INIT is empty)",
+    )
+
+    @field_validator("ctx_init", mode="before")
+    @classmethod
+    def _null_is_random_init(cls, value: Any) -> Any:
+        return "" if value is None else value
 
 
 class CoOpShipParams(CoOpParams):
@@ -162,10 +174,12 @@ class TipAdapterFParams(TrainingRecipe):
     )
     init_alpha: float | None = Field(default=None, ge=0.0, json_schema_extra=PRESET)
     init_beta: float | None = Field(default=None, gt=0.0, json_schema_extra=PRESET)
-    search_scale: tuple[float, float] | None = Field(
-        default=None, description="(beta, alpha) upper ends of the search grids", json_schema_extra=PRESET
+    search_scale: tuple[GridEnd, GridEnd] | None = Field(
+        default=None,
+        description="(beta, alpha) upper ends of the search grids, which start at 0.1",
+        json_schema_extra=PRESET,
     )
-    search_steps: tuple[int, int] = Field(default=(200, 20), description="(beta, alpha) grid sizes")
+    search_steps: tuple[GridSteps, GridSteps] = Field(default=(200, 20), description="(beta, alpha) grid sizes")
     cache_views: int | None = Field(
         default=None, ge=1, description="augmented views averaged into each cache key; null: all cached views"
     )
