@@ -188,13 +188,16 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_dir_atomic(path: str | Path, files: Mapping[str, str]) -> Path:
-    """Write `files` (relative path -> text) as the whole content of directory `path`: built beside it, then swapped
-    in, so a reader sees the old directory or the new one, never a mix."""
+def write_dir_atomic(path: str | Path, files: Mapping[str, str | bytes]) -> Path:
+    """Write `files` (relative path -> text, or bytes for binary files) as the whole content of directory `path`:
+    built beside it, then swapped in, so a reader sees the old directory or the new one, never a mix."""
     with replacing_dir(path) as tmp, naming(path):
-        for name, text in files.items():
+        for name, content in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(text)
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content)
     return Path(path)
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -23,7 +23,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.adapters import build_adapter
-from pipeline.evaluation import per_class_accuracy, score_task
+from pipeline.evaluation import SplitPredictions, per_class_rows, predict_task, predictions_frame, task_scores
 from pipeline.features import Task
 from pipeline.machine import available_cores
 from pipeline.params.finetune import FinetuneParams, uses_synthetic
@@ -45,6 +45,7 @@ class MethodResult:
     curve: list[dict[str, float | int | None]]
     per_class: pl.DataFrame
     export: dict[str, Any]  # the fitted state (`Adapter.export`), to score foreign class sets later
+    predictions: dict[str, SplitPredictions] = field(default_factory=dict)  # split -> image-by-image record
 
 
 def fit_method(
@@ -59,7 +60,9 @@ def fit_method(
     """Fit one method (params resolved for the task's dataset) and score it on the task's test splits."""
     adapter = build_adapter(method, params)
     fit = adapter.fit(task, tower, seed, select=params.select, synthetic=synthetic, on_epoch=on_epoch)
-    scores = score_task(adapter, task)
+    # One pass over each test split: the scores, the per-class table and the per-image record agree by construction.
+    predictions = predict_task(adapter, task)
+    scores = task_scores(task.protocol, predictions)
     log.info(
         "%s seed %d: %s",
         method,
@@ -73,8 +76,9 @@ def fit_method(
         val_acc=fit.best_val_acc,
         info=fit.info,
         curve=fit.curve,
-        per_class=per_class_accuracy(adapter, task).with_columns(method=pl.lit(method)),
+        per_class=per_class_rows(task, predictions).with_columns(method=pl.lit(method)),
         export=adapter.export(),
+        predictions=predictions,
     )
 
 
@@ -157,3 +161,14 @@ def curves_frame(results: Sequence[MethodResult]) -> pl.DataFrame:
 def per_class_frame(results: Sequence[MethodResult]) -> pl.DataFrame:
     frames = [r.per_class.select("method", "class", "classname", "split", "accuracy", "n_test") for r in results]
     return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def seed_predictions(
+    results: Sequence[MethodResult], foreign: Mapping[str, Mapping[str, SplitPredictions]] | None = None
+) -> pl.DataFrame:
+    """Every method's per-image record of one seed as one table (`pipeline.evaluation.predictions_frame`);
+    `foreign` adds records scored outside a task (cross-dataset source fits on a target: `predict_foreign`)."""
+    records: dict[str, dict[str, SplitPredictions]] = {r.method: dict(r.predictions) for r in results}
+    for method, splits in (foreign or {}).items():
+        records.setdefault(method, {}).update(splits)
+    return predictions_frame(records)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.adapters import ClassSet
 from pipeline.backbone import Backbone, load_backbone
-from pipeline.evaluation import score_foreign
+from pipeline.evaluation import SplitPredictions, predict_foreign
 from pipeline.feature_store import FeatureStore
 from pipeline.features import Task
-from pipeline.finetune import MethodResult, curves_frame, per_class_frame, run_methods
+from pipeline.finetune import MethodResult, curves_frame, per_class_frame, run_methods, seed_predictions
 from pipeline.fits import load_fits, restore_adapter, save_fits
 from pipeline.generator import ShipGenerator
 from pipeline.layout import Layout, Protocol
@@ -39,10 +39,12 @@ class SeedOutcome:
 
     payload: dict[str, Any]
     results: list[MethodResult]
+    foreign: dict[str, dict[str, SplitPredictions]] = field(default_factory=dict)  # source fits scored on a target
 
     def write(self, out: Path) -> None:
-        """scores.json, curves.csv and per_class.csv into the directory `out`, replaced whole."""
-        write_seed_results(out, self.payload, curves_frame(self.results), per_class_frame(self.results))
+        """scores.json, curves.csv, per_class.csv and predictions.parquet into the directory `out`, replaced whole."""
+        predictions = seed_predictions(self.results, self.foreign)
+        write_seed_results(out, self.payload, curves_frame(self.results), per_class_frame(self.results), predictions)
 
 
 def synthetic_sources(
@@ -126,18 +128,21 @@ def score_source_fits(
     target_store: FeatureStore,
     backbone: Backbone,
     methods: Sequence[str],
-) -> dict[str, dict[str, Any]]:
-    """The source-only fits saved by `xd_source`, restored, scored on the target against its own classes."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, SplitPredictions]]]:
+    """The source-only fits saved by `xd_source`, restored, scored on the target against its own classes: their
+    payload entries, and their image-by-image records."""
     path = layout.fits(source, seed)
     fits = load_fits(path, backbone.key)
     classes = ClassSet(target_store.classnames, {n: target_store.classifier(n) for n in target_store.classifier_names})
     test, tower = target_store.split("test"), backbone.text_tower()
-    scored = {}
+    scored, records = {}, {}
     for method in methods:
         if method not in fits["methods"]:
             raise ValueError(f"{path} holds no fit of {method}; rerun the xd_source stage")
         entry = fits["methods"][method]
-        acc = score_foreign(restore_adapter(method, entry, params.finetune, backbone.device), test, classes, tower)
+        adapter = restore_adapter(method, entry, params.finetune, backbone.device)
+        record = predict_foreign(adapter, test, classes, tower)
+        acc, records[method] = record.accuracy, {target: record}
         scored[method] = {
             "scores": {target: round(acc, 4)},
             "best_epoch": entry["best_epoch"],
@@ -145,7 +150,7 @@ def score_source_fits(
             "info": entry["info"],
         }
         log.info("%s seed %d (source fit) on %s: %.2f", method, seed, target, acc)
-    return scored
+    return scored, records
 
 
 def finetune_seed(
@@ -189,10 +194,11 @@ def finetune_seed(
         workers=p.finetune.workers,
         threads=p.finetune.threads,
     )
-    payload = seed_payload(results, context)
+    outcome = SeedOutcome(seed_payload(results, context), results)
     if protocol == "cross_dataset" and target is None:
         save_fits(layout.fits(dataset, seed), results, backbone.key, task.classnames)
     elif protocol == "cross_dataset":
         assert target_store is not None and target is not None
-        payload["methods"] |= score_source_fits(p, layout, dataset, seed, target, target_store, backbone, plain)
-    return SeedOutcome(payload, results)
+        scored, outcome.foreign = score_source_fits(p, layout, dataset, seed, target, target_store, backbone, plain)
+        outcome.payload["methods"] |= scored
+    return outcome

@@ -31,7 +31,9 @@ PROTOCOLS: tuple[Protocol, ...] = ("base_to_new", "cross_dataset", "gzsl")
 SCORES = "scores.json"  # finetune/
 CURVES = "curves.csv"  # finetune/
 PER_CLASS = "per_class.csv"  # finetune/
+PREDICTIONS = "predictions.parquet"  # finetune/: per test image, right or wrong, per method
 GENERATOR_QUALITY = "quality.json"  # synthesis/
+PROJECTION = "projection.csv"  # synthesis/: 2-D PCA of real and synthetic features of a few label-only classes
 GENERATOR_CURVE = "loss.csv"  # generator/
 
 

@@ -2,27 +2,17 @@
 
 - base-to-new: Table 1's shape, one row block per dataset (base / new / H per method) and the average over datasets;
 - cross-dataset: source accuracy, each target, the average over targets;
-- GZSL: unseen / seen / H per dataset.
+- GZSL: unseen / seen / H per dataset;
+- claims: each claim's difference, 95% interval and verdict (pipeline/claims.py).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.layout import Layout, Protocol
-from pipeline.params import Params
-from pipeline.results import (
-    aggregate_cross_dataset,
-    aggregate_pairs,
-    average_pairs,
-    gather,
-    generator_curve,
-    generator_quality,
-    mean_curves,
-    rounded,
-)
+from pipeline.claims import FAMILY_TITLES, ClaimResult
 
 METHOD_LABELS = {
     "zeroshot": "Zero-shot CLIP",
@@ -164,72 +154,76 @@ def render_generator(metrics: Mapping[str, Any]) -> str:
 _GENERATOR_KEYS = ("synthetic_zeroshot_acc", "synthetic_zeroshot_acc_new_only", "synthetic_real_cosine", "chance_acc")
 
 
-# --- the report stage's files -------------------------------------------------------------------------------------
+# --- claims with intervals (pipeline/claims.py) ------------------------------------------------------------------
+
+_CLAIM_METRICS = {
+    ("b2n", "new"): "new, average over datasets",
+    ("b2n", "H"): "H of the dataset-averaged base and new",
+    ("xd", "target_avg"): "target average",
+    ("gzsl", "H"): "H (per dataset; mean over datasets)",
+}
 
 
-def _dump(data: Any) -> str:
-    return json.dumps(rounded(data), indent=2, allow_nan=False) + "\n"
+_HOW_INTERVALS = (
+    "A paired two-way bootstrap, {resamples} replicates from numpy's default generator seeded with {seed} "
+    "and the family's and the two methods' names (the same results always give the same interval). Each "
+    "replicate (1) draws as many seeds as ran, with replacement, one draw for the whole family (a seed's "
+    "chains on different datasets may share state: a cross-dataset source fit is scored on every target); "
+    "(2) draws, per dataset and split, as many test images as the split has, with replacement, one draw "
+    "shared by every seed and by both methods (the test images are the same for every seed, so their "
+    "sampling error must not average out over seeds); GZSL draws per class, since its accuracy is the "
+    "mean of per-class accuracies, and recomputes each class's accuracy; (3) recomputes both methods' "
+    "accuracies per seed on the drawn images, their means over the drawn seeds, and the claim's whole "
+    "metric from those (e.g. the H of the dataset-averaged base and new accuracies), then A − B. The "
+    "interval is the 2.5th to 97.5th percentile of the replicates' differences; A − B itself is the "
+    "difference of the published numbers. For top-1 accuracy a draw of images only matters through how "
+    "many drawn images fall in each right/wrong pattern across seeds and the two methods, so those counts "
+    "are drawn from that multinomial directly (the same distribution as drawing image indices). Verdict: "
+    "**holds** when the interval lies entirely on the claim's side of zero, **fails** when entirely on "
+    "the other side, **inconclusive** otherwise. 'Seeds only': the results hold no per-image predictions "
+    "(`predictions.parquet`; results written before the finetune stage recorded them), so step 2 is "
+    "skipped and the interval reflects the spread over seeds alone; with 3 seeds that has at most 10 "
+    "distinct values and understates the uncertainty. With a single seed and no per-image predictions "
+    "there is no interval."
+)
 
 
-def curve_files(layout: Layout, protocol: Protocol, dataset: str, seeds: list[int]) -> dict[str, str]:
-    """One plot file per method: the validation curve averaged over seeds."""
-    frames = mean_curves(layout, protocol, dataset, seeds).partition_by("method", as_dict=True)
-    return {
-        f"{protocol}-{dataset}-{method[0]}.csv": frame.drop("method").write_csv() for method, frame in frames.items()
-    }
-
-
-def build_report(params: Params, layout: Layout) -> dict[str, str]:
-    """Every file of the report directory (relative path -> text) for the experiments the params name."""
-    seeds = list(params.seeds)
-    context = {
-        "backbone": f"{params.backbone.model} ({params.backbone.pretrained})",
-        "shots": params.fewshot.shots,
-        "seeds": seeds,
-        "select": params.finetune.select,
-        "generator_select": {"val": "lowest validation loss", "last": "final epoch"}[params.generator.select],
-    }
-    metrics: dict[str, str] = {}
-    tables: dict[str, str] = {}
-    curves: dict[str, str] = {}
-    losses: dict[str, str] = {}
-    quality: dict[str, dict[str, Any]] = {}
-
-    # Base-to-new and GZSL: a (base, new) or (seen, unseen) pair per dataset and seed.
-    renderers = {"base_to_new": render_base_to_new, "gzsl": render_gzsl}
-    for protocol, datasets in (("base_to_new", params.base_to_new.datasets), ("gzsl", params.gzsl.datasets)):
-        if not datasets:
+def render_claims(
+    results: Mapping[str, Sequence[ClaimResult]], context: Mapping[str, Any], resamples: int, seed: int
+) -> str:
+    """claims.md: per family, each claim's two numbers, their difference, its 95% interval and the verdict, then how
+    the interval is computed."""
+    lines = ["# Claims, with 95% intervals", "", *_header(context)]
+    if not any(results.values()):
+        lines += [
+            "No claim applies: no `X_ship` ran beside its `X`, and CoOp / Tip-Adapter-F + SHIP did not run beside",
+            "zero-shot CLIP.",
+            "",
+        ]
+    for family, rows in results.items():
+        if not rows:
             continue
-        table: dict[str, Any] = {}
-        for d in datasets:
-            table[d] = aggregate_pairs(gather(layout, protocol, d, seeds), protocol)
-            quality.setdefault(protocol, {})[d] = generator_quality(layout, protocol, d, seeds)
-            losses[f"{protocol}-{d}.csv"] = generator_curve(layout, protocol, d, seeds).write_csv()
-            curves |= curve_files(layout, protocol, d, seeds)
-        if protocol == "base_to_new":
-            table = {"average": average_pairs(table, protocol), **table}
-        metrics[f"{protocol}.json"] = _dump(table)
-        tables[f"{protocol}.md"] = renderers[protocol](rounded(table), context)
-
-    if params.cross_dataset.sources:
-        targets = params.cross_dataset.targets
-        table = {}
-        for s in params.cross_dataset.sources:
-            per_target = {t: gather(layout, "cross_dataset", s, seeds, t) for t in targets}
-            table[s] = aggregate_cross_dataset(gather(layout, "cross_dataset", s, seeds), per_target)
-            losses[f"cross_dataset-{s}.csv"] = generator_curve(layout, "cross_dataset", s, seeds).write_csv()
-            for t in targets:
-                quality.setdefault("cross_dataset", {})[f"{s}->{t}"] = generator_quality(
-                    layout, "cross_dataset", s, seeds, t
-                )
-        metrics["cross_dataset.json"] = _dump(table)
-        tables["cross_dataset.md"] = render_cross_dataset(rounded(table), targets, context)
-
-    metrics["generator.json"] = _dump(quality)
-    tables["generator.md"] = render_generator(rounded(quality))
-    return {
-        **tables,
-        **{f"metrics/{k}": v for k, v in metrics.items()},
-        **{f"plots/val_acc/{k}": v for k, v in curves.items()},
-        **{f"plots/generator_loss/{k}": v for k, v in losses.items()},
-    }
+        lines += [
+            f"## {FAMILY_TITLES[family][0].upper()}{FAMILY_TITLES[family][1:]}",
+            "",
+            "| Claim | Metric | A | B | A − B | 95% interval | Resampled | Verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            c = r.claim
+            a, b = METHOD_LABELS.get(c.a, c.a), METHOD_LABELS.get(c.b, c.b)
+            claim = f"{a} {'>' if c.higher else '<'} {b}" + (" (the premise)" if c.kind == "premise" else "")
+            interval = "–" if math.isnan(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]"
+            lines.append(
+                f"| {claim} | {_CLAIM_METRICS.get((family, c.metric), c.metric)} | {r.a_value:.2f} | {r.b_value:.2f} "
+                f"| {r.difference:+.2f} | {interval} | {'seeds × images' if r.per_image else 'seeds only'} "
+                f"| **{r.verdict}** |"
+            )
+        lines.append("")
+    lines += [
+        "## How the interval is computed",
+        "",
+        _HOW_INTERVALS.format(resamples=resamples, seed=seed),
+        "",
+    ]
+    return "\n".join(lines)

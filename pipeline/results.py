@@ -1,8 +1,10 @@
 """Per-seed results on disk, and their aggregation over seeds and datasets (what the report stage publishes).
 
 Per seed (pipeline/layout.py), the finetune stage writes `finetune/scores.json` (per method: its test scores, the kept
-epoch, its validation accuracy and method-specific choices), `curves.csv` and `per_class.csv`; the synthesize stage
-`synthesis/quality.json` (synthetic-feature quality); the generator stage `generator/loss.csv`.
+epoch, its validation accuracy and method-specific choices), `curves.csv`, `per_class.csv` and `predictions.parquet`
+(per test image of every scored split, right or wrong, per method: `pipeline.evaluation.predictions_frame`); the
+synthesize stage `synthesis/quality.json` (synthetic-feature quality) and `projection.csv`; the generator stage
+`generator/loss.csv`.
 
 Aggregation follows CoCoOp's tables: per dataset, base and new are means over seeds and H is the harmonic mean of
 those means (the std of the per-seed H is reported beside it); the average over datasets takes the mean base and
@@ -12,17 +14,30 @@ targets.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from pipeline.atomic_files import write_dir_atomic
+from pipeline.claims import Cell, CellKey, Family, FamilyData, rate
 from pipeline.errors import ExpectedError
-from pipeline.layout import CURVES, GENERATOR_CURVE, GENERATOR_QUALITY, PER_CLASS, SCORES, Layout, Protocol
+from pipeline.layout import (
+    CURVES,
+    GENERATOR_CURVE,
+    GENERATOR_QUALITY,
+    PER_CLASS,
+    PREDICTIONS,
+    PROJECTION,
+    SCORES,
+    Layout,
+    Protocol,
+)
 from pipeline.metrics import harmonic_mean
 
 if TYPE_CHECKING:  # a type only: the report stage reads results without importing the methods
@@ -50,16 +65,30 @@ def seed_payload(results: Sequence[MethodResult], context: Mapping[str, Any]) ->
     }
 
 
-def write_seed_results(out: Path, payload: Mapping[str, Any], curves: pl.DataFrame, per_class: pl.DataFrame) -> None:
-    """scores.json, curves.csv and per_class.csv, replacing the directory `out` whole."""
-    write_dir_atomic(
-        out,
-        {
-            SCORES: json.dumps(payload, indent=2, allow_nan=False) + "\n",
-            CURVES: curves.write_csv(),
-            PER_CLASS: per_class.write_csv(),
-        },
-    )
+def write_seed_results(
+    out: Path,
+    payload: Mapping[str, Any],
+    curves: pl.DataFrame,
+    per_class: pl.DataFrame,
+    predictions: pl.DataFrame | None = None,
+) -> None:
+    """scores.json, curves.csv, per_class.csv and (given) predictions.parquet, replacing the directory `out` whole."""
+    files: dict[str, str | bytes] = {
+        SCORES: json.dumps(payload, indent=2, allow_nan=False) + "\n",
+        CURVES: curves.write_csv(),
+        PER_CLASS: per_class.write_csv(),
+    }
+    if predictions is not None:
+        files[PREDICTIONS] = parquet_bytes(predictions)
+    write_dir_atomic(out, files)
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    """The frame as Parquet, without statistics: the bytes depend on the data (and the polars version) only, never on
+    when it was written (tests/test_report.py writes a frame twice and compares)."""
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer, compression="zstd", compression_level=3, statistics=False)
+    return buffer.getvalue()
 
 
 def _clean(x: float) -> float | None:
@@ -216,3 +245,102 @@ def mean_curves(
         .agg(pl.col("val_acc").mean(), pl.col("train_loss").mean())
         .sort("method", "epoch")
     )
+
+
+def read_predictions(
+    layout: Layout, protocol: Protocol, dataset: str, seed: int, target: str | None = None
+) -> pl.DataFrame | None:
+    """A seed's per-image record (`predictions.parquet`), or None where the finetune stage wrote none (results of an
+    older version of the stage): the claims then rest on the per-seed scores alone and say so."""
+    path = layout.finetune_results(protocol, dataset, seed, target) / PREDICTIONS
+    if not path.is_file():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:  # polars raises several kinds for a damaged file
+        raise ResultsError(f"{path} is unreadable ({type(err).__name__}: {err}); rerun the finetune stage") from None
+
+
+def read_projection(
+    layout: Layout, protocol: Protocol, dataset: str, seed: int, target: str | None = None
+) -> pl.DataFrame | None:
+    """The synthesize stage's 2-D projection (`projection.csv`), or None where the stage wrote none."""
+    path = layout.synthesis_results(protocol, dataset, seed, target) / PROJECTION
+    if not path.is_file():
+        return None
+    try:
+        return pl.read_csv(path)
+    except Exception as err:
+        raise ResultsError(f"{path} is unreadable ({type(err).__name__}: {err}); rerun the synthesize stage") from None
+
+
+# --- what the claims rest on: per-seed scores and per-image records, per cell --------------------------------------
+
+_AGREE = 0.01  # percent: scores.json rounds to 4 decimals; a per-image record further off belongs to another run
+
+
+def cell_of(
+    payloads: Sequence[Mapping[str, Any]],
+    frames: Sequence[pl.DataFrame | None],
+    split: str,
+    per_class_mean: bool,
+    where: str,
+) -> Cell:
+    """One split's per-seed scores of every method scored in every seed, and, where every seed's predictions file
+    holds a method's record of the split, that record ([seeds, images]).
+
+    The records must describe the same images in every seed and reproduce the published scores: anything else means
+    files from different runs, and the report stops with the stage to rerun."""
+    methods = [m for m in payloads[0]["methods"] if all(_score(p, m, split) is not None for p in payloads)]
+    scores = {m: np.array([_score(p, m, split) for p in payloads], dtype=np.float64) for m in methods}
+    if any(f is None for f in frames):
+        return Cell(scores, per_class_mean=per_class_mean)
+    rows = [f.filter(pl.col("split") == split).sort("image") for f in frames if f is not None]
+    labels = rows[0]["label"].to_numpy()
+    if any(not np.array_equal(r["label"].to_numpy(), labels) for r in rows):
+        raise ResultsError(f"{where}: the seeds' predictions list different test images for {split!r}; rerun finetune")
+    images = {}
+    for m in methods:
+        if not all(m in r.columns and len(r) and r[m].null_count() == 0 for r in rows):
+            continue
+        record = np.stack([r[m].to_numpy().astype(bool) for r in rows])
+        for seed_record, score in zip(record, scores[m], strict=True):
+            if abs(rate(seed_record, labels, per_class_mean) - score) > _AGREE:
+                raise ResultsError(
+                    f"{where}: {m}'s predictions for {split!r} do not reproduce its score {score}; rerun finetune"
+                )
+        images[m] = record
+    return Cell(scores, images, labels, per_class_mean)
+
+
+def _score(payload: Mapping[str, Any], method: str, split: str) -> float | None:
+    entry = payload["methods"].get(method)
+    value = None if entry is None else entry["scores"].get(split)
+    return None if value is None else float(value)
+
+
+def family_data(
+    layout: Layout,
+    family: Family,
+    seeds: Sequence[int],
+    datasets: Sequence[str] = (),
+    sources: Sequence[str] = (),
+    targets: Sequence[str] = (),
+) -> FamilyData:
+    """The cells of one family as the current params name them: base-to-new (`datasets`: base, new), GZSL
+    (`datasets`: seen, unseen; per-class means) or cross-dataset (`sources` x `targets`: each target's split)."""
+    cells: dict[CellKey, Cell] = {}
+    if family == "xd":
+        for s in sources:
+            for t in targets:
+                payloads = gather(layout, "cross_dataset", s, seeds, t)
+                frames = [read_predictions(layout, "cross_dataset", s, k, t) for k in seeds]
+                cells[(s, t)] = cell_of(payloads, frames, t, False, f"results/cross_dataset/{s}/{t}")
+    else:
+        protocol: Protocol = "base_to_new" if family == "b2n" else "gzsl"
+        for d in datasets:
+            payloads = gather(layout, protocol, d, seeds)
+            frames = [read_predictions(layout, protocol, d, k) for k in seeds]
+            for split in PAIRS[protocol]:
+                cells[(d, split)] = cell_of(payloads, frames, split, family == "gzsl", f"results/{protocol}/{d}")
+    return FamilyData(family, list(seeds), cells)

@@ -1,10 +1,11 @@
-"""Synthetic features from a trained SHIP generator, and two cheap checks of their quality."""
+"""Synthetic features from a trained SHIP generator, two cheap checks of their quality, and a 2-D picture of them."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import polars as pl
 import torch
 import torch.nn.functional as F
 
@@ -114,6 +115,61 @@ def describe_synthetic(
         "chance_acc": 100.0 / text_classifier.shape[0],
     }
     return {k: round(float(v), 4) for k, v in quality.items()}
+
+
+PROJECTION_CLASSES = 4  # label-only classes drawn in the picture: enough to see clusters, few enough to tell apart
+PROJECTION_PER_CLASS = 40  # points per class and kind: a cloud's shape without overplotting
+PROJECTION_SCHEMA = {"kind": pl.String, "class": pl.Int64, "classname": pl.String, "pc1": pl.Float64, "pc2": pl.Float64}
+
+
+@torch.no_grad()
+def projection_frame(
+    synthetic: LabeledFeatures,
+    real: LabeledFeatures,
+    classnames: Sequence[str],
+    classes: int = PROJECTION_CLASSES,
+    per_class: int = PROJECTION_PER_CLASS,
+) -> pl.DataFrame:
+    """Real test features and synthetic features of a few label-only classes, projected on their first two
+    principal components: whether the synthetic cloud of a class lands on its real one.
+
+    The classes are `classes` evenly spaced among those present in both sets (sorted), each with its first
+    `per_class` real features (store order) and first `per_class` synthetic ones; the PCA is fitted on those points
+    together, in float64 on the CPU, and each component's sign is fixed (its largest loading positive), so the same
+    features always give the same picture. Rows: kind (real | synthetic), class, classname, pc1, pc2.
+    """
+    real = real.clean()
+    s_labels, r_labels = synthetic.labels.cpu(), real.labels.cpu()
+    common = sorted(set(s_labels.tolist()) & set(r_labels.tolist()))
+    if not common:
+        raise ValueError("synthetic and real features share no class")
+    step = (len(common) - 1) / max(classes - 1, 1)
+    picks = sorted({common[round(i * step)] for i in range(min(classes, len(common)))})
+    kinds, labels, rows = [], [], []
+    for kind, feats, labs in (("real", real.features, r_labels), ("synthetic", synthetic.features, s_labels)):
+        feats = F.normalize(feats.cpu().double(), dim=-1)
+        for c in picks:
+            chosen = feats[labs == c][:per_class]
+            rows.append(chosen)
+            kinds += [kind] * len(chosen)
+            labels += [c] * len(chosen)
+    points = torch.cat(rows)
+    centred = points - points.mean(dim=0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    components = vh[:2]
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+    projected = torch.zeros(len(points), 2, dtype=torch.float64)
+    projected[:, : len(components)] = centred @ (components * signs).T  # one point alone has no second direction
+    return pl.DataFrame(
+        {
+            "kind": kinds,
+            "class": labels,
+            "classname": [classnames[c] for c in labels],
+            "pc1": [round(float(v), 5) for v in projected[:, 0]],
+            "pc2": [round(float(v), 5) for v in projected[:, 1]],
+        },
+        schema=PROJECTION_SCHEMA,
+    )
 
 
 # --- sources of synthetic features for fine-tuning ---------------------------------------------------------------

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, layout: Layout, out: Path) -> None:
     from pipeline.atomic_files import write_dir_atomic
-    from pipeline.report import build_report
+    from pipeline.publish import build_report
 
     files = build_report(params, layout)
     # One directory, replaced whole: a killed report never leaves a mix of old and new tables, metrics and plots.

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.layout import GENERATOR_QUALITY, Layout, Protocol
+from pipeline.layout import GENERATOR_QUALITY, PROJECTION, Layout, Protocol
 from pipeline.params import Params
 from stages.command import (
     DatasetName,
@@ -31,7 +31,7 @@ def run(params: Params, protocol: Protocol, dataset: str, seed: int, target: str
     from pipeline.backbone import load_backbone
     from pipeline.feature_store import FeatureStore, write_small_store
     from pipeline.generator import ShipGenerator
-    from pipeline.synthesis import describe_synthetic, synthesize_features
+    from pipeline.synthesis import describe_synthetic, projection_frame, synthesize_features
     from pipeline.tasks import label_only_classes
 
     if protocol == "cross_dataset" and target is None:
@@ -58,9 +58,11 @@ def run(params: Params, protocol: Protocol, dataset: str, seed: int, target: str
     write_small_store(layout.synthetic(protocol, dataset, seed, target), {"synthetic": synthetic}, meta)
     real = names.split("test").of_classes(label_only)
     quality = describe_synthetic(synthetic, names.classifier(), label_only, real)
-    write_dir_atomic(
-        layout.synthesis_results(protocol, dataset, seed, target), {GENERATOR_QUALITY: json.dumps(quality, indent=2)}
-    )
+    files = {
+        GENERATOR_QUALITY: json.dumps(quality, indent=2),
+        PROJECTION: projection_frame(synthetic, real, names.classnames).write_csv(),  # the report's PCA figure
+    }
+    write_dir_atomic(layout.synthesis_results(protocol, dataset, seed, target), files)
     log.info("synthesized %d features for %d classes: %s", len(synthetic), len(label_only), quality)
 
 

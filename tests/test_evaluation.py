@@ -9,7 +9,17 @@ import torch
 
 from pipeline.adapters import Adapter, ClassSet, FitResult
 from pipeline.adapters.base import Scorer
-from pipeline.evaluation import accuracy, per_class_accuracy, score_foreign, score_task
+from pipeline.evaluation import (
+    accuracy,
+    per_class_accuracy,
+    per_class_rows,
+    predict_foreign,
+    predict_task,
+    predictions_frame,
+    score_foreign,
+    score_task,
+    task_scores,
+)
 from pipeline.features import EvalSplit, LabeledFeatures, Task
 from pipeline.metrics import harmonic_mean
 
@@ -107,3 +117,42 @@ def test_a_foreign_target_is_scored_against_its_own_classes():
     feats = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
     acc = score_foreign(FixedScores(SCORES), LabeledFeatures(feats, torch.tensor([0, 2, 2])), target, tower=object())
     assert acc == pytest.approx(200 / 3)
+
+
+def test_scores_come_from_the_per_image_record():
+    task = _task(
+        "gzsl", [_split("seen", [0, 1, 2], [0, 1, 2, 3], True), _split("unseen", [3, 4, 5], [0, 1, 2, 3], True)]
+    )
+    records = predict_task(FixedScores(SCORES), task)
+    assert records["seen"].correct.tolist() == [False, False, True]  # image 0 now goes to class 2
+    assert task_scores("gzsl", records) == score_task(FixedScores(SCORES), task)
+    assert per_class_rows(task, records).equals(per_class_accuracy(FixedScores(SCORES), task))
+
+
+def test_a_foreign_target_gives_the_record_the_task_gives_for_the_same_split():
+    """A source fit scored on a target on its own (`predict_foreign`: the target's labels 0..) and a method scored on
+    the same target inside a cross-dataset task (labels offset past the source's classes) write the same rows."""
+    target = ClassSet(["c", "d"], {"zeroshot": SCORES[:, 2:4].T.contiguous()})  # the target's classes = columns 2, 3
+    images = [3, 4, 5, 0]
+    test = LabeledFeatures(torch.eye(6)[images], LABELS[images] % 2)
+    foreign = predict_foreign(FixedScores(SCORES), test, target, tower=object())
+    inside = EvalSplit("t", test.relabel(2), [2, 3])
+    in_task = predict_task(FixedScores(SCORES), _task("cross_dataset", [inside]))["t"]
+    assert torch.equal(foreign.correct, in_task.correct)
+    assert foreign.accuracy == pytest.approx(in_task.accuracy)
+    frame = predictions_frame({"ship": {"t": in_task}, "plain": {"t": foreign}})
+    assert frame.columns == ["split", "image", "label", "ship", "plain"]
+    assert frame["label"].to_list() == [0, 1, 1, 0] and frame["ship"].to_list() == frame["plain"].to_list()
+    fewer = predict_foreign(FixedScores(SCORES), LabeledFeatures(test.features[:3], test.labels[:3]), target, object())
+    with pytest.raises(ValueError, match="same test images"):
+        predictions_frame({"ship": {"t": in_task}, "plain": {"t": fewer}})
+
+
+def test_predictions_frame_marks_splits_a_method_was_not_scored_on():
+    task = _task("base_to_new", [_split("base", [0, 1, 2], [0, 1]), _split("new", [3, 4, 5], [2, 3])])
+    records = predict_task(FixedScores(SCORES), task)
+    frame = predictions_frame({"a": records, "b": {"new": records["new"]}})
+    assert frame["split"].to_list() == ["base"] * 3 + ["new"] * 3
+    assert frame["image"].to_list() == [0, 1, 2, 0, 1, 2]
+    assert frame["a"].to_list() == [True, False, True, True, False, False]
+    assert frame["b"].to_list() == [None, None, None, True, False, False]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.finetune import default_workers, run_methods
+from pipeline.finetune import default_workers, run_methods, seed_predictions
 from pipeline.text_tower import TextTower
 from tests.test_adapters import FAST, vector_task
 
@@ -20,6 +20,9 @@ def test_forked_workers_give_the_sequential_results(tiny_tower: TextTower):
     for a, b in zip(one, two, strict=True):
         assert a.scores == b.scores and a.curve == b.curve and a.info == b.info
         assert a.per_class.equals(b.per_class)
+        # The per-image record is what the scores are computed from, and it too is the same for any layout.
+        assert {k: r.accuracy for k, r in a.predictions.items()} == {k: v for k, v in a.scores.items() if k != "hm"}
+    assert seed_predictions(one).equals(seed_predictions(two))
 
 
 def test_the_callers_thread_count_is_restored(tiny_tower: TextTower):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -82,6 +83,19 @@ def test_every_protocol_writes_its_scores(ran):
     assert set(xd["methods"]) == methods
     assert set(xd["methods"]["coop_ship"]["scores"]) == {"source", "beta"}
     assert set(xd["methods"]["coop"]["scores"]) == {"beta"}
+    # Per test image, right or wrong: the source fits scored on the target sit beside the *_ship methods' rows.
+    rows = pl.read_parquet(layout.finetune_results("cross_dataset", "alpha", 1, "beta") / "predictions.parquet")
+    assert set(rows.columns) == {"split", "image", "label"} | methods
+    target = rows.filter(pl.col("split") == "beta")
+    assert target["coop"].null_count() == 0 and target["coop_ship"].null_count() == 0
+    assert 100 * target["coop"].mean() == pytest.approx(xd["methods"]["coop"]["scores"]["beta"], abs=1e-3)
+    assert rows.filter(pl.col("split") == "source")["coop"].null_count() == len(
+        rows.filter(pl.col("split") == "source")
+    )
+    gz_rows = pl.read_parquet(layout.finetune_results("gzsl", "gamma", 2) / "predictions.parquet")
+    assert set(gz_rows["split"].unique()) == {"seen", "unseen"}
+    projection = pl.read_csv(layout.synthesis_results("base_to_new", "alpha", 1) / "projection.csv")
+    assert set(projection["kind"]) == {"real", "synthetic"}
 
 
 def test_report_aggregates_every_family(ran):
@@ -97,6 +111,12 @@ def test_report_aggregates_every_family(ran):
     for table in ("base_to_new.md", "cross_dataset.md", "gzsl.md", "generator.md"):
         assert "| CoOp + SHIP |" in (reports / table).read_text() or table == "generator.md"
     assert (reports / "plots" / "val_acc" / "base_to_new-alpha-coop.csv").exists()
+    headline = json.loads((reports / "metrics" / "headline.json").read_text())
+    assert set(headline) == {"b2n", "xd", "gzsl"} and {"new", "H"} == set(headline["b2n"]["coop_ship"])
+    claims = (reports / "claims.md").read_text()
+    assert "| CoOp + SHIP > CoOp |" in claims and "seeds × images" in claims
+    for figure in ("base_to_new", "cross_dataset", "gzsl", "synthetic_pca", "generator_loss/gzsl-gamma"):
+        assert (reports / "figures" / f"{figure}.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_stores_hold_what_each_stage_needs(ran):

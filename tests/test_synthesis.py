@@ -1,4 +1,4 @@
-"""Synthetic features: determinism, shapes, and the two quality checks against hand-computed values."""
+"""Synthetic features: determinism, shapes, the two quality checks against hand-computed values, the projection."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pipeline.generator import GeneratorConfig, ShipGenerator
 from pipeline.synthesis import (
     FreshSource,
     PoolSource,
+    projection_frame,
     synthesize_features,
     synthetic_real_cosine,
     synthetic_zeroshot_accuracy,
@@ -111,3 +112,22 @@ def test_fresh_source_decodes_new_latents_for_uniform_label_only_classes(generat
     assert not torch.allclose(a, b)  # every draw decodes new latents
     with pytest.raises(ValueError, match="not all among"):
         FreshSource(generator, [99])
+
+
+def test_projection_shows_a_few_label_only_classes_real_and_synthetic_the_same_way_every_time():
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    real_labels = torch.arange(6).repeat_interleave(50)
+    real = LabeledFeatures(
+        F.normalize(centres[real_labels] + 0.1 * torch.randn(300, 16, generator=g), dim=-1), real_labels
+    )
+    syn_labels = torch.tensor([1, 2, 3, 4, 5]).repeat_interleave(60)
+    synthetic = LabeledFeatures(centres[syn_labels] + 0.1 * torch.randn(300, 16, generator=g), syn_labels)
+    names = [f"class {c}" for c in range(6)]
+    frame = projection_frame(synthetic, real, names, classes=3, per_class=40)
+    assert frame.columns == ["kind", "class", "classname", "pc1", "pc2"]
+    assert sorted(set(frame["class"].to_list())) == [1, 3, 5]  # evenly spaced among the classes both sets hold
+    counts = frame.group_by("kind", "class").len().sort("kind", "class")["len"].to_list()
+    assert counts == [40] * 6
+    assert frame["classname"].to_list()[0] == "class 1"
+    assert frame.write_csv() == projection_frame(synthetic, real, names, classes=3, per_class=40).write_csv()
