@@ -273,7 +273,7 @@ class Claim:
     a: str
     b: str
     higher: bool = True
-    kind: str = "ship"  # ship: X_ship vs X | best: Tip-Adapter-F + SHIP vs zero-shot | premise
+    kind: str = "ship"  # ship: X_ship vs X | best: Tip-Adapter-F + SHIP vs zero-shot | premise | oracle
 
     @property
     def key(self) -> str:
@@ -306,7 +306,16 @@ def claims_for(family: Family, methods: Sequence[str]) -> list[Claim]:
         claims += [Claim(family, metric, a, b) for metric in HEADLINE_METRICS[family]]
     if family == "b2n" and {"tip_adapter_f_ship", "zeroshot"} <= set(methods):
         claims.append(Claim("b2n", "H", "tip_adapter_f_ship", "zeroshot", kind="best"))
+    if family == "b2n":  # the oracle rows (real new-class features): what a perfect generator could give
+        for a, b in oracle_pairs(methods):
+            claims += [Claim(family, metric, a, b, kind="oracle") for metric in HEADLINE_METRICS[family]]
     return claims
+
+
+def oracle_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """Every `X_ship_oracle` in `methods` with its base method `X`, where that ran too."""
+    bases = [(m, m.removesuffix("_ship_oracle")) for m in methods if m.endswith("_ship_oracle")]
+    return [(a, b) for a, b in bases if b in methods]
 
 
 def verdict(low: float, high: float, higher: bool = True) -> Verdict:

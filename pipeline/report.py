@@ -212,7 +212,10 @@ def render_claims(
         for r in rows:
             c = r.claim
             a, b = METHOD_LABELS.get(c.a, c.a), METHOD_LABELS.get(c.b, c.b)
-            claim = f"{a} {'>' if c.higher else '<'} {b}" + (" (the premise)" if c.kind == "premise" else "")
+            claim = f"{a} {'>' if c.higher else '<'} {b}" + {
+                "premise": " (the premise)",
+                "oracle": " (oracle: a bound, not a method)",
+            }.get(c.kind, "")
             interval = "–" if math.isnan(r.low) else f"[{r.low:+.2f}, {r.high:+.2f}]"
             lines.append(
                 f"| {claim} | {_CLAIM_METRICS.get((family, c.metric), c.metric)} | {r.a_value:.2f} | {r.b_value:.2f} "

@@ -218,3 +218,12 @@ def test_the_shared_test_set_is_not_averaged_away_by_more_seeds():
     (alone,), (repeated,) = evaluate(one, claim), evaluate(copies, claim)
     assert alone.per_image and repeated.per_image
     assert repeated.high - repeated.low == pytest.approx(alone.high - alone.low, rel=0.1)
+
+
+def test_oracle_rows_are_compared_with_their_base_method_in_base_to_new_only():
+    from pipeline.claims import claims_for
+
+    methods = ["zeroshot", "coop", "coop_ship", "coop_ship_oracle", "tip_adapter_f_ship_oracle"]
+    b2n = [(c.a, c.b, c.metric, c.kind) for c in claims_for("b2n", methods) if c.kind == "oracle"]
+    assert b2n == [("coop_ship_oracle", "coop", "new", "oracle"), ("coop_ship_oracle", "coop", "H", "oracle")]
+    assert not [c for c in claims_for("gzsl", methods) if c.kind == "oracle"]
