@@ -9,6 +9,7 @@ from pipeline.adapters.base import TrainingDiverged
 from pipeline.atomic_files import OutputLocked
 from pipeline.backbone import BackboneError
 from pipeline.datasets.records import DatasetError
+from pipeline.demo.weights import PretrainError
 from pipeline.extract import CorruptImageError, RankError
 from pipeline.feature_store import StoreError
 from pipeline.generator import CheckpointMismatch
@@ -27,6 +28,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     OutputLocked,
     ParamsError,
     PresetError,
+    PretrainError,
     RankError,
     PromptTooLong,
     ResultsError,

@@ -1,7 +1,7 @@
-"""`ship`: one subcommand per DVC stage. Every command validates the whole params file (plus any --set overrides)
-before doing anything; bad params exit with code 2 and a message naming the key and value. Expected failures (a
-missing file, a damaged store, weights that cannot be loaded) print one line and exit 1; `--debug` (or SHIP_DEBUG=1)
-shows the traceback instead."""
+"""`ship`: one subcommand per DVC stage, plus `pretrain-demo` (makes the shipped demo weights; no stage). Every command
+validates the whole params file (plus any --set overrides) before doing anything; bad params exit with code 2 and a
+message naming the key and value. Expected failures (a missing file, a damaged store, weights that cannot be loaded)
+print one line and exit 1; `--debug` (or SHIP_DEBUG=1) shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from pipeline.layout import Layout
 from pipeline.params import Params, ParamsError, load_params
 
 app = typer.Typer(
-    help="SHIP feature-caching pipeline. Each command is one DVC stage (see dvc.yaml); `dvc repro` runs them all.",
+    help="SHIP feature-caching pipeline. Each command is one DVC stage (see dvc.yaml; `dvc repro` runs them all), "
+    "except pretrain-demo, which makes the shipped demo weights (`make demo-weights`).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -170,37 +171,57 @@ def demo_world(
     out: Annotated[Path, typer.Option(help="directory the demo datasets are written to")] = Path("data/demo/world"),
     debug: Debug = False,
 ) -> None:
-    """Generate the embedded demo datasets (web + benchmark domains).
+    """Generate the embedded demo datasets (their benchmark domain; the web domain is only for `pretrain-demo`).
 
-    Runs only when the params use the demo (a dataset of kind demo, or the demo backbone, which is pre-trained on
-    it); otherwise writes a marker saying it was not needed."""
+    Runs only when a dataset of the params lives in OUT; otherwise writes a marker saying it was not needed."""
     p = _params(params, overrides)
     from stages import demo_world as stage
 
     _run(lambda: stage.run(p, out), debug)
 
 
-@app.command("demo-backbone")
-def demo_backbone(
+@app.command("pretrain-demo")
+def pretrain_demo(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
-    world: Annotated[Path, typer.Option(help="demo datasets directory (demo-world's output)")] = Path(
-        "data/demo/world"
+    out: Annotated[Path, typer.Option(help="directory the weights and provenance.json go to")] = Path(
+        "data/demo/backbone"
     ),
-    out: Annotated[Path, typer.Option(help="directory the checkpoint goes to")] = Path("data/demo/backbone"),
-    metrics: Annotated[Path, typer.Option(help="pre-training figures: zero-shot accuracy, timings")] = Path(
-        "metrics/demo_backbone.json"
-    ),
+    world: Annotated[
+        Path | None,
+        typer.Option(help="render the pre-training world here and keep it (default: a temporary directory)"),
+    ] = None,
+    from_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="do not train: export these weights instead (a safetensors file this command wrote, or a float32 "
+            "open_clip checkpoint of ship-demo-rn that records its recipe), trained with the params' recipe by the "
+            "same pre-training code"
+        ),
+    ] = None,
+    training_figures: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --from-checkpoint: JSON with the figures of the run that trained it (a provenance.json, or "
+            "the metrics file of the former demo_backbone stage): steps, loss, timings"
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> None:
-    """Pre-train the demo CLIP backbone contrastively on the demo's web domain.
+    """Pre-train the demo CLIP (ship-demo-rn) once and write the shipped weights (not a DVC stage; `make
+    demo-weights`).
 
-    Runs only when backbone.pretrained points into OUT (the default params); with real weights it writes a
-    marker and does nothing else."""
+    Renders the demo world (web domain included) into a scratch directory, pre-trains with the recipe in
+    `demo.backbone` (~1-2 min per epoch on 2 cores), writes OUT/ship-demo-rn.safetensors (float16, an ordinary
+    open_clip checkpoint) and OUT/provenance.json (recipe, web corpus, code hash, git revision, sha256, training and
+    quality figures). Commit both; tests/test_demo_weights.py checks they match the code and params."""
     p = _params(params, overrides)
-    from stages import demo_backbone as stage
+    from stages import pretrain_demo as stage
 
-    _run(lambda: stage.run(p, world, out, metrics), debug)
+    _run(
+        lambda: stage.run(p, out, world=world, from_checkpoint=from_checkpoint, training_figures=training_figures),
+        debug,
+    )
 
 
 @app.command("extract-eval")

@@ -1,5 +1,6 @@
-"""Stage `demo_world`: generate the embedded demo world (web corpus + the shapes, patterns and zoo datasets),
-when the params use it."""
+"""Stage `demo_world`: generate the embedded demo world's benchmark datasets (shapes, patterns, zoo), when the params
+use them. The web domain, which only the demo backbone's pre-training reads, is left out: the backbone is pre-trained
+once, outside the DAG (`ship pretrain-demo`), and shipped in git."""
 
 from __future__ import annotations
 
@@ -11,10 +12,6 @@ from pipeline.demo.world import generate_world, write_manifest
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
-
-
-def demo_backbone_in_use(params: Params, backbone_dir: Path = Path("data/demo/backbone")) -> bool:
-    return Path(params.backbone.pretrained).resolve().parent == backbone_dir.resolve()
 
 
 def write_marker(out: Path, reason: str, *, manifest: bool = False) -> None:
@@ -39,10 +36,9 @@ def demo_datasets_in_use(params: Params, world: Path) -> list[str]:
 
 
 def run(params: Params, out: Path) -> None:
-    if not demo_datasets_in_use(params, out) and not demo_backbone_in_use(params):
-        log.info("demo world not needed (no dataset lives in %s, real backbone weights)", out)
-        reason = f"not generated: no dataset of the params lives in {out}, and the weights are not the demo's"
-        write_marker(out, reason, manifest=True)
+    if not demo_datasets_in_use(params, out):
+        log.info("demo world not needed (no dataset lives in %s)", out)
+        write_marker(out, f"not generated: no dataset of the params lives in {out}", manifest=True)
         return
-    log.info("generating demo world into %s", out)
-    generate_world(params.demo.world, out)
+    log.info("generating demo world (benchmark domain) into %s", out)
+    generate_world(params.demo.world, out, web=False)

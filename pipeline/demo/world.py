@@ -25,7 +25,9 @@ unseen combinations of seen words, as in attribute-based GZSL benchmarks.
 Two domains are rendered from the same classes:
 - "web": captioned images on plain neutral backgrounds with little clutter. Only the demo backbone's
   contrastive pre-training sees these (`web/<dataset>/...` + `web/web_captions.json`), for all classes of all
-  datasets (a real CLIP's corpus also covers the benchmarks' new and unseen classes).
+  datasets (a real CLIP's corpus also covers the benchmarks' new and unseen classes). The web domain does not
+  depend on `new_classes` (it is rendered and labelled in the default class order): how a benchmark is split is no
+  business of the pre-training corpus. `ship pretrain-demo` renders it; the DAG's world (`web=False`) does not.
 - "benchmark": a shifted domain (textured backgrounds, lighting and colour casts, blur, sensor noise, more and
   larger distractors, a wider size range). The protocols run on it: `shapes/` and `patterns/` in CoOp's
   split-file layout (`images/` + `split_demo.json` + `classnames.txt`), `zoo/` in the xlsa17 layout
@@ -684,10 +686,11 @@ def global_classnames(datasets: Sequence[DemoDataset] = DATASETS) -> list[str]:
     return names
 
 
-def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | None = None) -> None:
+def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | None = None, web: bool = True) -> None:
     """Render the demo world into `out_dir` (replaced atomically). Same params -> same bytes.
 
-    `workers` only changes speed, never the output (every image has its own RNG key).
+    `workers` only changes speed, never the output (every image has its own RNG key). `web=False` leaves out the
+    web domain (only pre-training reads it); the benchmark files are the same bytes either way.
     """
     out_dir = Path(out_dir)
     workers = workers if workers is not None else max(1, min(2, os.cpu_count() or 1))
@@ -698,20 +701,23 @@ def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | Non
     start = time.perf_counter()
     datasets = world_datasets(params.new_classes)
     log.info(
-        "generating demo world (seed %d; datasets %s; new classes: %s; %d web images per class, %dpx) into %s",
+        "generating demo world (seed %d; datasets %s; new classes: %s; %s web images per class, %dpx) into %s",
         params.seed,
         ", ".join(f"{ds.name} ({len(ds.classnames())} classes)" for ds in datasets),
         params.new_classes,
-        params.web_per_class,
+        params.web_per_class if web else "no",
         params.image_size,
         out_dir,
     )
     common = {"seed": params.seed, "image_size": params.image_size, "shift": params.shift}
     jobs = []
+    if web:  # in the default class order whatever `new_classes` says: the corpus is one, the benchmarks' splits many
+        for ds in DATASETS:
+            for cls in ds.classes():
+                folder = tmp / WEB_DIR / ds.name / cls.dirname
+                jobs.append(_Job(ds, WEB, cls.label, tuple(range(params.web_per_class)), folder, **common))
     for ds in datasets:
         for cls in ds.classes():
-            web = tmp / WEB_DIR / ds.name / cls.dirname
-            jobs.append(_Job(ds, WEB, cls.label, tuple(range(params.web_per_class)), web, **common))
             n = _benchmark_count(ds, cls.label, params)
             bench = tmp / ds.name / IMAGES_DIR / cls.dirname
             jobs.append(_Job(ds, BENCHMARK, cls.label, tuple(range(n)), bench, **common))
@@ -749,7 +755,7 @@ def _write_indices(
 ) -> None:
     """The web captions file and each dataset's own index files (split file / xlsa17 .mat files)."""
     offsets, total = {}, 0
-    for ds in datasets:
+    for ds in DATASETS:  # web labels: the default class order (see generate_world)
         offsets[ds.name] = total
         total += len(ds.classnames())
     web_rows: list[list[str | int]] = []
@@ -760,7 +766,8 @@ def _write_indices(
                 web_rows.append([f"{job.ds.name}/{rel}", offsets[job.ds.name] + job.label, caption])
             else:
                 bench[job.ds.name].append((job.label, i, rel))
-    _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(datasets), "images": web_rows})
+    if web_rows:
+        _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(DATASETS), "images": web_rows})
     for ds in datasets:
         if ds.kind == "base_to_new":
             _write_split_file(ds, params, root / ds.name, bench[ds.name])
