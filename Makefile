@@ -1,10 +1,12 @@
 # Two commands a newcomer needs: `make repro` (run the DAG) and `make test`. Both create .venv if missing.
+# `make demo-weights` regenerates the demo CLIP's shipped weights (data/demo/backbone; ~45 min on 2 cores), which
+# `make repro` only reads.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint bench gpu-check clean-venv
+.PHONY: repro test lint bench gpu-check demo-weights clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +19,9 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init --quiet
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+demo-weights: $(STAMP)
+	$(BIN)/ship pretrain-demo --out data/demo/backbone
 
 test: $(STAMP)
 	$(BIN)/ruff check pipeline stages tests benchmarks

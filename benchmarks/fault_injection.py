@@ -3,19 +3,19 @@ output compared with an uninterrupted run (issue 11, item 4).
 
 Two copies of the repository's code (tracked and untracked, not ignored) go into a temporary directory, each with a
 tiny world in data/demo/world (tests/tiny_world.py: two split-file datasets and an xlsa17 one, seed 1 only) and a
-tiny open_clip checkpoint in data/demo/backbone; the demo_world / demo_backbone stages are dropped from their
-dvc.yaml (the world is given). Copy R runs `dvc repro` once, uninterrupted, timing each stage's process. In copy F,
-for each stage kind in DAG order (extract-eval, extract-train, train-generator, synthesize, finetune, report), a
-stage of that kind is drawn and `dvc repro <stage>` runs; the stage's `ship` process is killed with SIGKILL either
-anywhere (after a random 40-100% of its run time in R) or while it writes its outputs (a random 0-1 s after a
-partial store, temporary or lock of it appears; in F every rename and file write of a `ship` process is slowed by
-0.25 s, through a sitecustomize.py, so these windows are wide enough to hit). What is killed alternates: the stage's
-own process, or the whole `dvc repro` process group (DVC killed too). A stage that finishes first is forced to run
-again (`dvc repro -f -s <stage>`) and killed earlier. After each kill, what was left half-done is listed, and no
-output may be taken as complete unless it is (every *.zarr verifies, every checkpoint loads, every JSON parses).
-Then `dvc repro` runs to the end and `dvc status` must be clean; finally every output of F is compared with R's: stores
-by arrays, metadata and bytes, checkpoints by their tensors (torch.save writes a random id into the file),
-JSON/CSV/Markdown by bytes; no file may exist in one copy only (no stray .partial, .tmp-*, .old-*, .lock).
+tiny open_clip checkpoint in data/demo/backbone (in place of the shipped demo weights); the demo_world stage is
+dropped from their dvc.yaml (the world is given). Copy R runs `dvc repro` once, uninterrupted, timing each stage's
+process. In copy F, for each stage kind in DAG order (extract-eval, extract-train, train-generator, synthesize,
+finetune, report), a stage of that kind is drawn and `dvc repro <stage>` runs; the stage's `ship` process is killed
+with SIGKILL either anywhere (after a random 40-100% of its run time in R) or while it writes its outputs (a random
+0-1 s after a partial store, temporary or lock of it appears; in F every rename and file write of a `ship` process is
+slowed by 0.25 s, through a sitecustomize.py, so these windows are wide enough to hit). What is killed alternates:
+the stage's own process, or the whole `dvc repro` process group (DVC killed too). A stage that finishes first is
+forced to run again (`dvc repro -f -s <stage>`) and killed earlier. After each kill, what was left half-done is
+listed, and no output may be taken as complete unless it is (every *.zarr verifies, every checkpoint loads, every
+JSON parses). Then `dvc repro` runs to the end and `dvc status` must be clean; finally every output of F is compared
+with R's: stores by arrays, metadata and bytes, checkpoints by their tensors (torch.save writes a random id into the
+file), JSON/CSV/Markdown by bytes; no file may exist in one copy only (no stray .partial, .tmp-*, .old-*, .lock).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py            # every protocol (~10 min here)
     PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py --short    # base-to-new, one dataset (~4 min)
@@ -58,6 +58,7 @@ from tests.extract_fixtures import tiny_checkpoint  # noqa: E402
 KINDS = ["extract-eval", "extract-train", "train-generator", "synthesize", "finetune", "report"]
 OUTPUT_DIRS = ["data/features", "data/generators", "data/synthetic", "data/fits", "results", "reports"]
 CODE = [".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "pyproject.toml", "pipeline", "stages"]
+SHIPPED_WEIGHTS = "data/demo/backbone/ship-demo-rn.safetensors"  # dvc.yaml's dependency on the demo weights
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -114,7 +115,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: bool = False) -> Path:
     """A runnable copy of the repository's code on the tiny world (see the module docstring); `demo_stages` keeps
-    dvc.yaml's demo_world and demo_backbone stages (their outputs are then the given tiny world and checkpoint)."""
+    dvc.yaml's demo_world stage (its output is then the given tiny world). The stages that depend on the shipped
+    demo weights depend on the tiny checkpoint instead."""
     copy_working_tree(dest, *CODE)
     shutil.copy2(ROOT / "tests/model_configs/test-tiny-vit.json", dest / "pipeline/model_configs/test-tiny-vit.json")
     if slow_writes:
@@ -145,9 +147,9 @@ def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: b
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = yaml.safe_load((dest / "dvc.yaml").read_text())
     if not demo_stages:
-        for stage in ("demo_world", "demo_backbone"):
-            dvc["stages"].pop(stage, None)
-        dvc["metrics"] = [m for m in dvc.get("metrics", []) if m != "metrics/demo_backbone.json"]
+        dvc["stages"].pop("demo_world", None)
+    for stage in dvc["stages"].values():
+        stage["deps"] = [params["backbone"]["pretrained"] if d == SHIPPED_WEIGHTS else d for d in stage.get("deps", [])]
     if short:
         for name in list(dvc["stages"]):
             if name.startswith(("xd_", "gzsl_")):

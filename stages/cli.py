@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from pipeline.params import ParamsError
-from stages import demo_backbone, demo_world, extract, finetune, report, synthesize, train_generator
+from stages import demo_world, extract, finetune, pretrain_demo, report, synthesize, train_generator
 from stages.command import Debug, Overrides, ParamsPath, ProtocolName, debugging, load, new_app, register
 
 __all__ = ["ProtocolName", "app"]
@@ -23,7 +23,6 @@ app = new_app(
 
 for command in (
     demo_world.demo_world,
-    demo_backbone.demo_backbone,
     extract.extract_eval,
     extract.extract_train,
     extract.extract_oracle,
@@ -31,6 +30,7 @@ for command in (
     synthesize.synthesize,
     finetune.finetune,
     report.report,
+    pretrain_demo.pretrain_demo,
 ):
     register(app, command)
 

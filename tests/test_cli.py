@@ -15,7 +15,7 @@ runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_COMMANDS = [
     "demo-world",
-    "demo-backbone",
+    "pretrain-demo",
     "extract-eval",
     "extract-train",
     "train-generator",

@@ -1,5 +1,6 @@
 """The demo world (deterministic; three datasets read back by the real loaders; base/new and seen/unseen word
-coverage) and the demo backbone's pre-training (loadable, seeded)."""
+coverage; the DAG's world without the web domain) and the demo backbone's pre-training (seeded; its shipped file
+loads as the float16 values of the trained weights)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pipeline.backbone import register_model_configs
 from pipeline.datasets.coop import load_demo_dataset
 from pipeline.datasets.xlsa17 import load_xlsa17_dataset
 from pipeline.demo import catalogue, world
-from pipeline.demo.pretrain import DEMO_MODEL, pretrain_backbone
+from pipeline.demo.pretrain import DEMO_MODEL, read_weights, save_weights, train_backbone
 from pipeline.params.demo import DemoBackboneParams, DemoWorldParams
 
 # The class sets are fixed (48 + 30 + 36 classes), so "tiny" means few images per class.
@@ -173,10 +174,23 @@ def test_new_nouns_world_reorders_base_to_new_labels_only(tiny_world: Path, tmp_
             test_new_nouns = {ds.classes()[r.label].noun for r in splits.test if r.label >= n_base}
             assert base_nouns and test_new_nouns and not base_nouns & test_new_nouns
             assert all(r.path.parent.name == ds.classes()[r.label].dirname for r in splits.test)
-    corpus = json.loads((out / world.WEB_DIR / world.WEB_CAPTIONS_FILE).read_text())
-    assert corpus["classnames"] == catalogue.global_classnames(catalogue.world_datasets("new_nouns"))
-    # zoo does not depend on the base-to-new split: the same bytes as in the default world
+    # Neither zoo nor the web corpus (the pre-training data) depends on the base-to-new split: the same bytes as in
+    # the default world, web labels in the default class order.
     assert tree_hashes(out / "zoo") == tree_hashes(tiny_world / "zoo")
+    assert tree_hashes(out / world.WEB_DIR) == tree_hashes(tiny_world / world.WEB_DIR)
+    corpus = json.loads((out / world.WEB_DIR / world.WEB_CAPTIONS_FILE).read_text())
+    assert corpus["classnames"] == world.global_classnames()
+
+
+def test_world_without_web_domain_has_the_same_benchmark_files(tiny_world: Path, tmp_path: Path):
+    """The DAG's world leaves out the web domain (only pre-training reads it); every other file is the same."""
+    world.generate_world(TINY, tmp_path / "world", workers=1, web=False)
+    without = tree_hashes(tmp_path / "world")
+    full = tree_hashes(tiny_world)
+    assert not (tmp_path / "world" / world.WEB_DIR).exists()
+    web = {k for k in full if k.startswith(f"{world.WEB_DIR}/")}
+    assert web and without.keys() - {world.MANIFEST_FILE} == full.keys() - web - {world.MANIFEST_FILE}
+    assert all(without[k] == full[k] for k in without if k != world.MANIFEST_FILE)
 
 
 @pytest.mark.parametrize("ds", GZSL, ids=lambda d: d.name)
@@ -236,22 +250,14 @@ def test_interrupted_generation_leaves_no_world(tmp_path: Path, monkeypatch: pyt
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pretraining_writes_a_loadable_deterministic_checkpoint(
+def test_pretraining_is_seeded_and_its_weights_load_as_shipped(
     tiny_world: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
-    figures = pretrain_backbone(TINY_TRAINING, tiny_world, first, max_steps=2)
-    pretrain_backbone(TINY_TRAINING, tiny_world, second, max_steps=2)
+    model_a, figures = train_backbone(TINY_TRAINING, tiny_world, max_steps=2)
+    model_b, _ = train_backbone(TINY_TRAINING, tiny_world, max_steps=2)
     assert figures["steps"] == 2 and math.isfinite(figures["final_loss"])
-    assert {"train_seconds", "train_cpu_seconds", "images_per_second", "web_fit_top1"} <= figures.keys()
-    assert figures["zero_shot"].keys() == {ds.name for ds in catalogue.DATASETS}
-    for ds in catalogue.DATASETS:
-        keys = {"base", "new", "hm"} if ds.kind == "base_to_new" else {"seen", "unseen", "h"}
-        assert figures["zero_shot"][ds.name].keys() == keys
-        assert all(0.0 <= v <= 1.0 for v in figures["zero_shot"][ds.name].values())
-
-    a = torch.load(first, weights_only=True)["state_dict"]
-    b = torch.load(second, weights_only=True)["state_dict"]
+    assert {"train_seconds", "train_cpu_seconds", "images_per_second", "logit_scale", "torch_threads"} <= figures.keys()
+    a, b = model_a.state_dict(), model_b.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "two seeded pre-training runs differ"
 
@@ -261,13 +267,22 @@ def test_pretraining_writes_a_loadable_deterministic_checkpoint(
     changed = [k for k in a if a[k].is_floating_point() and not torch.equal(init[k], a[k])]
     assert len(changed) > len(a) // 2, "pre-training left most weights at their initial values"
 
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_weights(a, first, TINY_TRAINING)
+    save_weights(b, second, TINY_TRAINING)
+    assert first.read_bytes() == second.read_bytes()  # same weights, same bytes
+    state, recipe = read_weights(first)
+    assert recipe == TINY_TRAINING.model_dump()
+    assert all(state[k].dtype == (torch.float16 if a[k].is_floating_point() else a[k].dtype) for k in a)
+
     caplog.clear()  # pre-training itself builds the model without weights, which open_clip warns about
     with caplog.at_level(logging.WARNING):
         model, _, _ = open_clip.create_model_and_transforms(DEMO_MODEL, pretrained=str(first))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     loaded = model.state_dict()
     assert loaded.keys() == a.keys()
-    assert all(torch.equal(loaded[k], a[k]) for k in a)
+    assert all(loaded[k].dtype == a[k].dtype for k in a)  # float32 in memory, as trained
+    assert all(torch.equal(loaded[k], a[k].to(torch.float16).to(a[k].dtype)) for k in a)  # the float16 values
 
 
 def test_unused_world_is_a_marker_with_a_manifest(tmp_path: Path):
@@ -285,3 +300,41 @@ def test_unused_world_is_a_marker_with_a_manifest(tmp_path: Path):
     demo_world.run(params, out)
     assert sorted(p.name for p in out.iterdir()) == ["NOT_USED.txt", world.MANIFEST_FILE]
     assert json.loads((out / world.MANIFEST_FILE).read_text())["files"] == 1
+
+
+def test_pretrain_demo_writes_weights_and_provenance_and_re_exports_them_identically(tmp_path: Path):
+    """`ship pretrain-demo` on a tiny world and recipe: the weights load through the pipeline's loader, provenance.json
+    describes them, and `--from-checkpoint` of that file (the export path alone) writes the very same bytes."""
+    from pipeline.demo import weights
+    from pipeline.demo.shipping import make_demo_weights
+    from pipeline.params import load_params
+
+    overrides = [f"demo.world.{k}={v}" for k, v in TINY.model_dump().items() if k.endswith("per_class")]
+    overrides += [f"demo.backbone.{k}={v}" for k, v in TINY_TRAINING.model_dump().items()]
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides)
+    out = tmp_path / "backbone"
+    provenance = make_demo_weights(params, out)
+    assert sorted(p.name for p in out.iterdir()) == [weights.PROVENANCE_FILE, weights.WEIGHTS_FILE]
+    assert json.loads((out / weights.PROVENANCE_FILE).read_text()) == provenance
+    shipped = out / weights.WEIGHTS_FILE
+    assert provenance["weights"]["sha256"] == weights.file_sha256(shipped)
+    assert provenance["recipe"] == TINY_TRAINING.model_dump()
+    assert provenance["web_corpus"]["web_per_class"] == TINY.web_per_class
+    assert provenance["web_corpus"]["files"] == len(world.global_classnames()) * TINY.web_per_class + 1  # + captions
+    assert provenance["code"]["sha256"] == weights.code_digest(weights.code_hashes())
+    assert provenance["training"]["steps"] == 108 // TINY_TRAINING.batch_size  # 108 classes x 1 web image
+    quality = provenance["quality"]
+    assert quality["zero_shot"].keys() == quality["zero_shot_ensemble"].keys() == {d.name for d in world.DATASETS}
+    assert quality["templates"]["shapes"] == ["a photo of a {}."]  # the demo preset's, as the DAG's zero-shot
+    assert set(quality["web_top1"]) == {"preset", "ensemble"}
+
+    again = tmp_path / "again"
+    exported = make_demo_weights(params, again, from_checkpoint=shipped, training_figures=out / weights.PROVENANCE_FILE)
+    assert (again / weights.WEIGHTS_FILE).read_bytes() == shipped.read_bytes()
+    assert exported["weights"] == provenance["weights"] and exported["quality"] == provenance["quality"]
+    assert exported["training"]["steps"] == provenance["training"]["steps"]
+
+    other = load_params(Path(__file__).resolve().parents[1] / "params.yaml", [*overrides, "demo.backbone.seed=1"])
+    with pytest.raises(weights.PretrainError, match="trained with recipe"):
+        make_demo_weights(other, tmp_path / "other", from_checkpoint=shipped)
+    assert not (tmp_path / "other").exists()

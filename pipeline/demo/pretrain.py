@@ -1,10 +1,15 @@
 """Contrastive pre-training of the demo CLIP backbone (`ship-demo-rn`) from scratch on the demo world's web domain.
 
-This stands in for OpenAI's / LAION's pre-training so that the whole pipeline runs offline: the result is an
-ordinary open_clip checkpoint (`{"state_dict": ...}`) that `open_clip.create_model_and_transforms("ship-demo-rn",
-pretrained=<path>)` loads like any downloaded one. Only web-domain images and captions are used, of all classes of
-all demo datasets (shapes, patterns, zoo); the benchmark domain (where the protocols run) is never seen, so the
-zero-shot figures this module reports per dataset (`zero_shot_report`) are real transfer figures.
+This stands in for OpenAI's / LAION's pre-training so that the whole pipeline runs offline. It is not part of the DAG:
+`ship pretrain-demo` (`make demo-weights`, pipeline/demo/shipping.py) runs it once and ships the result in git as an
+ordinary open_clip checkpoint (`save_weights`: float16 safetensors) that `open_clip.create_model_and_transforms(
+"ship-demo-rn", pretrained=<path>)` loads like any downloaded one. Only web-domain images and captions are used, of all
+classes of all demo datasets (shapes, patterns, zoo); the benchmark domain (where the protocols run) is never seen,
+so the zero-shot figures of the shipped weights (pipeline/demo/weights.py) are real transfer figures.
+
+This module holds everything that determines the shipped weights and nothing else (evaluation and provenance live
+in pipeline/demo/weights.py): its content is part of the code hash the shipped file's provenance records
+(tests/test_demo_weights.py fails when it changes and the weights were not regenerated).
 
 Architecture note: `ship-demo-rn` is a small CLIP ModifiedResNet image tower (RN50-style,
 one bottleneck per stage, width 32) with a 4-layer text transformer. Tiny ViTs trained from scratch on ~6k images
@@ -14,7 +19,8 @@ the demo's shape words would have been unusable. Everything downstream only sees
 CPU-friendly by construction: all web images are decoded once into one uint8 tensor, augmentation is batched tensor
 ops, the image tower runs channels-last (~25% faster convolutions on CPU), and the text side runs through
 `TextTower.encode_tokens`, which stops the causal transformer at the longest end-of-text token of the batch.
-Default recipe: 7 epochs x 168 steps of 64 images, ~5 min on 2 idle cores.
+Deterministic on CPU for a given (recipe, web corpus, torch thread count): float reductions depend on how the work is
+split over threads, so another thread count or CPU gives other weights.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,27 +44,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from pipeline.backbone import register_model_configs
-from pipeline.datasets.coop import load_demo_dataset
-from pipeline.datasets.records import ImageRecord
-from pipeline.datasets.xlsa17 import load_xlsa17_dataset
-from pipeline.demo.world import DATASETS, IMAGES_DIR, WEB_CAPTIONS_FILE, WEB_DIR, DemoDataset
+from pipeline.demo.world import WEB_CAPTIONS_FILE, WEB_DIR
 from pipeline.params.demo import DemoBackboneParams
 from pipeline.text_tower import TextTower
 
 log = logging.getLogger(__name__)
 
 DEMO_MODEL = "ship-demo-rn"
-# Prompt ensemble for the zero-shot figures (CLIP-style; "a photo of a {}." is CoOp's initialisation).
-ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a {}.",
-    "a picture of the {}.",
-    "an image of a {}.",
-    "a drawing of a {}.",
-    "clip art of a {}.",
-)
 LOG_EVERY = 100  # steps between debug log lines (the progress bar shows every step)
-WEB_FIT_PER_CLASS = 5  # web images per class re-scored after training: a cheap "did it fit the corpus" figure
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -175,20 +168,20 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def pretrain_backbone(
-    params: DemoBackboneParams, world_dir: Path, out_path: Path, *, max_steps: int | None = None
-) -> dict[str, Any]:
-    """Pre-train `ship-demo-rn` on the web domain of `world_dir` and save an open_clip checkpoint to `out_path`.
+def train_backbone(
+    params: DemoBackboneParams, world_dir: Path, *, max_steps: int | None = None
+) -> tuple[nn.Module, dict[str, float]]:
+    """Pre-train `ship-demo-rn` from random init on the web domain of `world_dir` (the recipe: `demo.backbone`).
 
     Deterministic on CPU for a given (params, world, torch thread count). `max_steps` cuts training short (tests).
-    Returns figures: final loss, seconds (wall and CPU), images/s, and under "zero_shot" each dataset's zero-shot
-    top-1 on its benchmark test split (`zero_shot_report`).
+    Returns the model (eval mode, float32) and training figures: final loss, steps, seconds (wall and CPU), images/s,
+    logit scale, torch threads.
     """
-    world_dir, out_path = Path(world_dir), Path(out_path)
+    world_dir = Path(world_dir)
     register_model_configs()
     torch.manual_seed(params.seed)
     log.info("building %s from random init (open_clip warns that no pretrained weights were loaded)", DEMO_MODEL)
-    model, _, preprocess = open_clip.create_model_and_transforms(DEMO_MODEL)
+    model, _, _ = open_clip.create_model_and_transforms(DEMO_MODEL)
     tokenizer = open_clip.get_tokenizer(DEMO_MODEL)
     image_size = int(
         model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
@@ -279,6 +272,7 @@ def pretrain_backbone(
         "train_cpu_seconds": cpu_seconds,  # over all threads: with other load on the machine, wall time grows
         "images_per_second": step * batch / max(seconds, 1e-9),
         "logit_scale": float(model.logit_scale.exp().item()),
+        "torch_threads": float(torch.get_num_threads()),
     }
     log.info(
         "pre-training done: %d steps in %.1f s (%.0f img/s), loss %.3f",
@@ -287,133 +281,57 @@ def pretrain_backbone(
         figures["images_per_second"],
         loss_value,
     )
-
-    _save_checkpoint(model, params, out_path)
-    figures["web_fit_top1"] = web_fit_report(model, text, images, labels, corpus.classnames, normalize)
-    t_eval = time.perf_counter()
-    zero_shot = {ds.name: zero_shot_report(model, preprocess, tokenizer, world_dir, ds) for ds in DATASETS}
-    figures["eval_seconds"] = time.perf_counter() - t_eval
-    for name, report in zero_shot.items():
-        log.info(
-            "zero-shot top-1 on %s (benchmark test split): %s",
-            name,
-            ", ".join(f"{k} {100 * v:.1f}%" for k, v in report.items()),
-        )
-    log.info("web fit %.1f%%", 100 * figures["web_fit_top1"])
-    return {**figures, "zero_shot": zero_shot}
+    return model, figures
 
 
-def _save_checkpoint(model: nn.Module, params: DemoBackboneParams, out_path: Path) -> None:
-    """An ordinary open_clip checkpoint, written to a temp file and renamed so a crash never leaves half a file."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    # Only plain types next to the tensors: open_clip loads with torch.load(weights_only=True).
-    checkpoint = {
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "model": DEMO_MODEL,
-        "demo_backbone_params": params.model_dump(),  # no timings: same weights, same content
+# --- the shipped file -----------------------------------------------------------------------------------------------
+
+SHIPPED_DTYPE = torch.float16  # halves the file (fp32: 50 MB, half of it the 49,408-token embedding)
+METADATA_KEY = "ship_demo"  # safetensors metadata: {"model": ..., "recipe": demo.backbone}
+
+
+def shipped_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as shipped: floating point ones rounded to float16, the rest (BatchNorm counters) as they are.
+    open_clip's `load_state_dict` copies them into the float32 model, so the loaded weights are these values
+    exactly (float16 -> float32 is lossless)."""
+    return {
+        k: (v.detach().to(SHIPPED_DTYPE) if v.is_floating_point() else v.detach().clone()).contiguous()
+        for k, v in state_dict.items()
     }
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, recipe: DemoBackboneParams) -> None:
+    """Write `state_dict` (rounded by `shipped_state_dict`) as a safetensors file open_clip loads from a local path.
+    The recipe goes into the file's metadata. Same tensors and recipe -> same bytes (safetensors has no random
+    serialization id, unlike torch.save), so the file's sha256 identifies the weights. Written beside `path` and
+    renamed, so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # One metadata key: safetensors writes several in hash-map order, which differs from run to run.
+    metadata = {METADATA_KEY: json.dumps({"model": DEMO_MODEL, "recipe": recipe.model_dump()}, sort_keys=True)}
     try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out_path)
+        save_file(shipped_state_dict(state_dict), str(tmp), metadata=metadata)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("saved demo backbone checkpoint to %s", out_path)
+    log.info("saved %s weights (%s) to %s", DEMO_MODEL, SHIPPED_DTYPE, path)
 
 
-# --- evaluation ---------------------------------------------------------------------------------------------------
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The state dict and recipe of a pre-trained demo checkpoint: a file `save_weights` wrote, or a float32
+    open_clip checkpoint (`{"state_dict": ..., "demo_backbone_params": ...}`, as the former in-DAG stage saved it).
+    The recipe is None where the file does not record one."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
 
-
-def _classify(
-    model: nn.Module, x: torch.Tensor, classifier: torch.Tensor, allowed: torch.Tensor, batch_size: int
-) -> torch.Tensor:
-    """Predicted labels (indices into all classes) restricted to `allowed` classes."""
-    preds = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            f = F.normalize(model.encode_image(x[i : i + batch_size]), dim=-1)
-            preds.append(allowed[(f @ classifier[allowed].T).argmax(dim=-1)])
-    return torch.cat(preds)
-
-
-def _encode_files(
-    model: nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], records: Sequence[ImageRecord], batch_size: int
-) -> torch.Tensor:
-    feats = []
-    with torch.no_grad():
-        for i in range(0, len(records), batch_size):
-            x = torch.stack([preprocess(Image.open(r.path).convert("RGB")) for r in records[i : i + batch_size]])
-            feats.append(F.normalize(model.encode_image(x), dim=-1))
-    return torch.cat(feats)
-
-
-def _harmonic(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
-
-
-def zero_shot_report(
-    model: nn.Module,
-    preprocess: Callable[[Image.Image], torch.Tensor],
-    tokenizer: Callable[[Sequence[str]], torch.Tensor],
-    world_dir: Path,
-    ds: DemoDataset,
-    *,
-    templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
-    batch_size: int = 256,
-) -> dict[str, float]:
-    """Zero-shot top-1 of one demo dataset on its benchmark test split, read back through the dataset loaders.
-
-    Base-to-new (CoCoOp): base images against base class names only, new images against new names only, overall
-    top-1 per half -> {"base", "new", "hm"}. GZSL (xlsa17): test-seen and test-unseen images together against all
-    classes, per-class mean top-1 over seen and over unseen classes -> {"seen", "unseen", "h"}. Fractions in
-    [0, 1]; the classifier is the renormalised mean of the template features per class.
-    """
-    root = Path(world_dir) / ds.name
-    model.eval()
-    text = TextTower(model, tokenizer)
-    if ds.kind == "base_to_new":
-        splits = load_demo_dataset(ds.name, root)
-        classifier = text.zero_shot_classifier(splits.classnames, list(templates))
-        feats = _encode_files(model, preprocess, splits.test, batch_size)
-        labels = torch.tensor([r.label for r in splits.test])
-        n_base = math.ceil(len(splits.classnames) / 2)
-        report: dict[str, float] = {}
-        for half, allowed in (("base", torch.arange(n_base)), ("new", torch.arange(n_base, len(splits.classnames)))):
-            mask = torch.isin(labels, allowed)
-            if not mask.any():
-                raise ValueError(f"the test split of {root} has no {half} images")
-            preds = allowed[(feats[mask] @ classifier[allowed].T).argmax(dim=-1)]
-            report[half] = float((preds == labels[mask]).float().mean())
-        report["hm"] = _harmonic(report["base"], report["new"])
-        return report
-    gzsl = load_xlsa17_dataset(ds.name, root, root / IMAGES_DIR)
-    classifier = text.zero_shot_classifier(gzsl.classnames, list(templates))
-    records = [*gzsl.test_seen, *gzsl.test_unseen]
-    preds = (_encode_files(model, preprocess, records, batch_size) @ classifier.T).argmax(dim=-1)
-    labels = torch.tensor([r.label for r in records])
-    per_class = {c: float((preds[labels == c] == c).float().mean()) for c in labels.unique().tolist()}
-    seen = sum(per_class[c] for c in gzsl.seen) / len(gzsl.seen)
-    unseen = sum(per_class[c] for c in gzsl.unseen) / len(gzsl.unseen)
-    return {"seen": seen, "unseen": unseen, "h": _harmonic(seen, unseen)}
-
-
-def web_fit_report(
-    model: nn.Module,
-    text: TextTower,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    classnames: Sequence[str],
-    normalize: Callable[[torch.Tensor], torch.Tensor],
-) -> float:
-    """Zero-shot top-1 (all classes of all datasets) on the first few web images per class: how well the corpus
-    itself was fit."""
-    seen: dict[int, int] = {}
-    keep = []
-    for i, label in enumerate(labels.tolist()):
-        if seen.get(label, 0) < WEB_FIT_PER_CLASS:
-            seen[label] = seen.get(label, 0) + 1
-            keep.append(i)
-    classifier = text.zero_shot_classifier(list(classnames), list(ZERO_SHOT_TEMPLATES))
-    x = normalize(images[keep].float() / 255.0)
-    preds = _classify(model, x, classifier, torch.arange(len(classnames)), 256)
-    return float((preds == labels[keep]).float().mean())
+        with safe_open(str(path), framework="pt") as f:
+            described = json.loads((f.metadata() or {}).get(METADATA_KEY, "{}"))
+            return {k: f.get_tensor(k) for k in f.keys()}, described.get("recipe")  # noqa: SIM118
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        return dict(checkpoint["state_dict"]), checkpoint.get("demo_backbone_params")
+    return dict(checkpoint), None

@@ -1,4 +1,4 @@
-"""Whether the params use the embedded demo, and the marker a demo stage leaves when they do not."""
+"""Whether the params use the embedded demo's datasets, and the marker the demo stage leaves when they do not."""
 
 from __future__ import annotations
 
@@ -6,12 +6,7 @@ from pathlib import Path
 
 from pipeline.atomic_files import replacing_dir
 from pipeline.demo.world import write_manifest
-from pipeline.layout import DEFAULT_LAYOUT
 from pipeline.params import Params
-
-
-def demo_backbone_in_use(params: Params, backbone_dir: Path = DEFAULT_LAYOUT.demo_backbone) -> bool:
-    return Path(params.backbone.pretrained).resolve().parent == backbone_dir.resolve()
 
 
 def demo_datasets_in_use(params: Params, world: Path) -> list[str]:

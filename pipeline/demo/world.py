@@ -4,8 +4,9 @@ Its three datasets (`shapes`, `patterns`, `zoo`; their classes and protocols) ar
 `pipeline/demo/catalogue.py`, its images drawn by `pipeline/demo/render.py` in two domains, captions by
 `pipeline/demo/captions.py`. This module renders every image of the world and writes it out:
 
-- the "web" domain under `web/<dataset>/...` plus `web/web_captions.json`, for all classes of all datasets (only
-  the demo backbone's contrastive pre-training reads these);
+- the "web" domain under `web/<dataset>/...` plus `web/web_captions.json`, for all classes of all datasets, in
+  the default class order whatever `new_classes` says (only `ship pretrain-demo` renders and reads it; the DAG's
+  world has none);
 - the "benchmark" domain, on which the protocols run: `shapes/` and `patterns/` in CoOp's split-file layout
   (`images/` + `split_demo.json` + `classnames.txt`), `zoo/` in the xlsa17 layout (`att_splits.mat` +
   `res101.mat`, image paths listed under a fake absolute prefix, images under `images/`);
@@ -104,31 +105,37 @@ def _benchmark_count(ds: DemoDataset, label: int, params: DemoWorldParams) -> in
     return sum(len(r) for r in ranges.values())
 
 
-def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | None = None) -> None:
+def generate_world(params: DemoWorldParams, out_dir: Path, *, workers: int | None = None, web: bool = True) -> None:
     """Render the demo world into `out_dir` (replaced atomically). Same params -> same bytes.
 
-    `workers` only changes speed, never the output (every image has its own RNG key).
+    `workers` only changes speed, never the output (every image has its own RNG key). `web=False` leaves out the
+    web domain (only pre-training reads it); the benchmark files are the same bytes either way.
     """
     out_dir = Path(out_dir)
     workers = workers if workers is not None else max(1, min(2, os.cpu_count() or 1))
     start = time.perf_counter()
     datasets = world_datasets(params.new_classes)
     log.info(
-        "generating demo world (seed %d; datasets %s; new classes: %s; %d web images per class, %dpx) into %s",
+        "generating demo world (seed %d; datasets %s; new classes: %s; %s web images per class, %dpx) into %s",
         params.seed,
         ", ".join(f"{ds.name} ({len(ds.classnames())} classes)" for ds in datasets),
         params.new_classes,
-        params.web_per_class,
+        params.web_per_class if web else "no",
         params.image_size,
         out_dir,
     )
     common = {"seed": params.seed, "image_size": params.image_size, "shift": params.shift}
     with replacing_dir(out_dir) as tmp:
         jobs = []
+        if (
+            web
+        ):  # in the default class order whatever `new_classes` says: the corpus is one, the benchmarks' splits many
+            for ds in DATASETS:
+                for cls in ds.classes():
+                    folder = tmp / WEB_DIR / ds.name / cls.dirname
+                    jobs.append(_Job(ds, WEB, cls.label, tuple(range(params.web_per_class)), folder, **common))
         for ds in datasets:
             for cls in ds.classes():
-                web = tmp / WEB_DIR / ds.name / cls.dirname
-                jobs.append(_Job(ds, WEB, cls.label, tuple(range(params.web_per_class)), web, **common))
                 n = _benchmark_count(ds, cls.label, params)
                 bench = tmp / ds.name / IMAGES_DIR / cls.dirname
                 jobs.append(_Job(ds, BENCHMARK, cls.label, tuple(range(n)), bench, **common))
@@ -160,7 +167,7 @@ def _write_indices(
 ) -> None:
     """The web captions file and each dataset's own index files (split file / xlsa17 .mat files)."""
     offsets, total = {}, 0
-    for ds in datasets:
+    for ds in DATASETS:  # web labels: the default class order (see generate_world)
         offsets[ds.name] = total
         total += len(ds.classnames())
     web_rows: list[list[str | int]] = []
@@ -171,7 +178,8 @@ def _write_indices(
                 web_rows.append([f"{job.ds.name}/{rel}", offsets[job.ds.name] + job.label, caption])
             else:
                 bench[job.ds.name].append((job.label, i, rel))
-    _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(datasets), "images": web_rows})
+    if web_rows:
+        _write_json(root / WEB_DIR / WEB_CAPTIONS_FILE, {"classnames": global_classnames(DATASETS), "images": web_rows})
     for ds in datasets:
         if ds.kind == "base_to_new":
             _write_split_file(ds, params, root / ds.name, bench[ds.name])

@@ -14,7 +14,9 @@ class DemoWorldParams(Section):
     seed: int = Field(default=0, ge=0, description="seed of every image's RNG (the class lists never depend on it)")
     image_size: int = Field(default=64, ge=16, description="side of every image in pixels")
     web_per_class: int = Field(
-        default=100, ge=1, description="captioned 'web' images per class of every dataset (backbone pre-training)"
+        default=100,
+        ge=1,
+        description="captioned 'web' images per class of every dataset (backbone pre-training, `ship pretrain-demo`)",
     )
     train_per_class: int = Field(default=32, ge=1, description="base-to-new datasets: train images per class")
     val_per_class: int = Field(default=8, ge=1, description="base-to-new datasets: validation images per class")
@@ -40,10 +42,11 @@ class DemoWorldParams(Section):
 
 
 class DemoBackboneParams(Section):
-    """Contrastive pre-training of the demo backbone on the web domain (owned by pipeline/demo/pretrain.py)."""
+    """Contrastive pre-training of the demo backbone on the web domain (owned by pipeline/demo/pretrain.py). The
+    recipe of the shipped weights: read by `ship pretrain-demo` only, never by a DVC stage."""
 
     epochs: int = Field(
-        default=7, ge=1, description="passes over the web corpus (7 x 10,800 images: ~5 min on 2 cores)"
+        default=30, ge=1, description="passes over the web corpus (10,800 images: ~1-2 min per epoch on 2 cores)"
     )
     batch_size: int = Field(default=64, ge=2, description="images per contrastive batch")
     lr: float = Field(default=1e-3, gt=0.0, description="AdamW peak learning rate (cosine schedule after warm-up)")
