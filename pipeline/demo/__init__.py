@@ -1,0 +1,1 @@
+"""The embedded demo: its generated world (catalogue, rendering, captions, writers) and its shipped CLIP."""
