@@ -31,7 +31,7 @@ reference recipes (options):
   training steps (the same on both sides: the same step code runs on encoded or cached features)
       generator  G x N / 256 steps (as above),   CoOp+SHIP  E_cs x ceil(N / 256) steps of 256 real + 256 fresh
       synthetic features (decode 256 + CoOp step), CoOp  E_coop x floor(N / 32) steps (CoOp's steps are the
-      shared-prefix ones, `TextTower.encode_prompts`, which CoOp runs now),
+      shared-prefix ones, `TextTower.encode_prompts`, which CoOp runs),
       CLIP-Adapter(+SHIP)  2 x E_ca x floor(N / 32) steps (32 + 32),  Tip-Adapter-F(+SHIP)  2 x E_tip x ceil(N / 256)
       steps (256 + 256) on a cache of N + 16 x new-class keys
   reference = N x passes_ref x encode + steps;   cached = N x (1 + K) x encode + steps + synthesis
@@ -39,7 +39,7 @@ Not counted on either side: test-set encoding (both encode the test split once: 
 and methods, which favours the reference), Tip-Adapter's alpha/beta search and model selection (on cached val
 features on both sides), image decoding and augmentation (per encoder pass on the reference side, so leaving it
 out favours the reference too). The ceiling while encoding dominates is 910 / 11 = 82.7x.
-Measured here (2 shared cores, load 3.5-5): encode 0.630 s/image, CoOp step 1.63 s, CoOp+SHIP step 4.86 s,
+Measured on a 2-core x86-64 CPU VM (shared, load 3.5-5): encode 0.630 s/image, CoOp step 1.63 s, CoOp+SHIP step 4.86 s,
 generator step 7.5 s; reference 471794 s vs cached 18969 s per seed: 24.9x (the one-run figures above: 11.4x
 training only, 5.3x with extraction). CoOp's 5000 text-tower steps, the same on both sides, are 43% of the cached
 side; on a GPU the ratio of text-tower to image-tower cost differs, so the sweep ratio there is not measured here.

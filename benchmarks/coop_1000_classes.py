@@ -6,9 +6,9 @@ context + an SGD step. The tower is open_clip's ViT-B-16 text tower with RANDOM 
 model, no download). Variants, all equal up to float error:
 
   full        all 77 context positions (the reference code's way)
-  truncated   one pass truncated at the longest EOT of the batch (18 tokens; the previous TextTower)
+  truncated   one pass truncated at the longest EOT of the batch (18 tokens)
   grouped     prompts grouped by length, each group truncated to its own longest EOT
-              (`TextTower.encode_embeddings`, what CoOp's current call gets)
+              (`TextTower.encode_embeddings`)
   prefix      grouped + the start token and context computed once and shared by all prompts
               (`TextTower.encode_prompts(prompts, eot, ctx)`)
 

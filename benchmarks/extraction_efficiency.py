@@ -18,11 +18,12 @@ CPU everything competes for the same cores, so their CPU time adds to the encode
 
     .venv/bin/python benchmarks/extraction_efficiency.py        # ~6-8 minutes on 2 cores (more when loaded)
 
-Measured here (2 shared cores, other sessions' jobs running: load 1-5; wall-clock ratios swing by +-10% with
-them, the CPU-time ratios do not): eval 90.7% (CPU time 97.2%), train 93.5% (CPU 99.5%), eval with 2 forked
-workers 140.5% wall (a load drop during that run) but 98.1% CPU; decode + preprocess + augment + collate + write
-are 1.3% (eval) and 0.8% (train, per view) of the encoder's time. Before this change (a DataLoader per block, 2
-forked workers beside 2 torch threads, writes in line): 90.1% eval, 89.2% train (wall; one run).
+Measured with the command above on a 2-core x86-64 CPU VM shared with other jobs (load 1-5; wall-clock ratios swing
+by +-10% with them, the CPU-time ratios do not): eval 90.7% (CPU time 97.2%), train 93.5% (CPU 99.5%), eval with 2
+forked workers 140.5% wall (a load drop during that run) but 98.1% CPU; decode + preprocess + augment + collate +
+write are 1.3% (eval) and 0.8% (train, per view) of the encoder's time. For comparison, a loader with a DataLoader
+per block (2 forked workers beside 2 torch threads, writes in the main loop) gave 90.1% eval, 89.2% train (wall;
+one run, same VM).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def main(
         plan = ExtractionPlan(splits=[SplitPlan("train" if k else "test", recs, k)], classnames=["x"], seed=1)
         passes = len(recs) * (1 + k)
         before = [bare(batch) for _ in range(-(-passes // batch) // 2 or 1)]
-        if forced is not None:  # the previous behaviour: `extract.workers` forked workers on the CPU too
+        if forced is not None:  # `--forked`: that many forked DataLoader workers on the CPU too
             extract.loader_workers = lambda params, device, forced=forced: forced
         t0, c0 = time.perf_counter(), cpu_seconds()
         extract_features(plan, backbone, params, tmp / f"run{i}.zarr", progress=False)

@@ -1,24 +1,28 @@
 """Kill -9 anywhere: every stage kind killed at a random point under `dvc repro`, then `dvc repro` again, and every
-output compared with an uninterrupted run (issue 11, item 4).
+output compared with an uninterrupted run.
 
 Two copies of the repository's code (tracked and untracked, not ignored) go into a temporary directory, each with a
-tiny world in data/demo/world (tests/tiny_world.py: two split-file datasets and an xlsa17 one, seed 1 only) and a
+tiny world in data/demo/world (tests/tiny_world.py: two split-file datasets and an xlsa17 one, seed 1 only, with
+the manifest.json that `pipeline.demo.world.write_manifest` writes, which every extract stage depends on) and a
 tiny open_clip checkpoint in data/demo/backbone (in place of the shipped demo weights); the demo_world stage is
 dropped from their dvc.yaml (the world is given). Copy R runs `dvc repro` once, uninterrupted, timing each stage's
-process. In copy F, for each stage kind in DAG order (extract-eval, extract-train, train-generator, synthesize,
-finetune, report), a stage of that kind is drawn and `dvc repro <stage>` runs; the stage's `ship` process is killed
-with SIGKILL either anywhere (after a random 40-100% of its run time in R) or while it writes its outputs (a random
-0-1 s after a partial store, temporary or lock of it appears; in F every rename and file write of a `ship` process is
-slowed by 0.25 s, through a sitecustomize.py, so these windows are wide enough to hit). What is killed alternates:
-the stage's own process, or the whole `dvc repro` process group (DVC killed too). A stage that finishes first is
-forced to run again (`dvc repro -f -s <stage>`) and killed earlier. After each kill, what was left half-done is
-listed, and no output may be taken as complete unless it is (every *.zarr verifies, every checkpoint loads, every
-JSON parses). Then `dvc repro` runs to the end and `dvc status` must be clean; finally every output of F is compared
-with R's: stores by arrays, metadata and bytes, checkpoints by their tensors (torch.save writes a random id into the
-file), JSON/CSV/Markdown by bytes; no file may exist in one copy only (no stray .partial, .tmp-*, .old-*, .lock).
+process. In copy F, for each stage kind in DAG order (extract-eval, extract-train, extract-oracle, train-generator,
+synthesize, finetune, report), a stage of that kind is drawn and `dvc repro <stage>` runs; the stage's process (`python -m
+stages.<module> ...`) is killed with SIGKILL either anywhere (after a random 40-100% of its run time in R) or while
+it writes its outputs (a random 0-1 s after a partial store, temporary or lock of it appears; in F every rename and
+file write of a stage process is slowed by 0.25 s, through a sitecustomize.py, so these windows are wide enough to
+hit). What is killed alternates: the stage's own process, or the whole `dvc repro` process group (DVC killed too).
+A stage that finishes first is forced to run again (`dvc repro -f -s <stage>`) and killed earlier. After each kill,
+what was left half-done is listed, and no output may be taken as complete unless it is (every *.zarr verifies,
+every checkpoint loads, every JSON parses). Then `dvc repro` runs to the end and `dvc status` must be clean;
+finally every output of F is compared with R's: stores by arrays, metadata and bytes, checkpoints by their tensors
+(torch.save writes a random id into the file), JSON/CSV/Markdown by bytes; no file may exist in one copy only (no
+stray .partial, .tmp-*, .old-*, .lock).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py            # every protocol (~10 min here)
-    PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py --short    # base-to-new, one dataset (~4 min)
+    PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py            # every protocol
+    PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py --short    # base-to-new, one dataset
+
+On a 2-core x86-64 CPU VM the full run takes ~10 minutes, the short one ~4.
 
 Exits 1 when any output differs or any invariant breaks.
 """
@@ -49,13 +53,14 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.demo.world import write_manifest  # noqa: E402
 from pipeline.feature_store import FeatureStore  # noqa: E402
 from pipeline.store_integrity import verify_store  # noqa: E402
 from pipeline.working_tree import copy_working_tree  # noqa: E402
 from tests import tiny_world  # noqa: E402
 from tests.extract_fixtures import tiny_checkpoint  # noqa: E402
 
-KINDS = ["extract-eval", "extract-train", "train-generator", "synthesize", "finetune", "report"]
+KINDS = ["extract-eval", "extract-train", "extract-oracle", "train-generator", "synthesize", "finetune", "report"]
 OUTPUT_DIRS = ["data/features", "data/generators", "data/synthetic", "data/fits", "results", "reports"]
 CODE = [".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "pyproject.toml", "pipeline", "stages"]
 SHIPPED_WEIGHTS = "data/demo/backbone/ship-demo-rn.safetensors"  # dvc.yaml's dependency on the demo weights
@@ -125,6 +130,7 @@ def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: b
     tiny_world.split_file_dataset(world / "alpha", tiny_world.ALPHA, seed=1)
     tiny_world.split_file_dataset(world / "beta", tiny_world.BETA, seed=2)
     tiny_world.xlsa17_dataset(world / "gamma", seed=3)
+    write_manifest(world)  # last, over every file of the world: the extract stages' dependency on the world
     (dest / "data/demo/backbone").mkdir(parents=True)
     tiny_checkpoint(dest / "data/demo/backbone/tiny.pt")
     (dest / "data/demo/.gitignore").write_text("/world\n/backbone\n")  # outputs (or plain deps), never in git
@@ -170,6 +176,7 @@ def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: b
 _KIND_COMMANDS = {
     "extract-eval": ("stages.extract", "extract-eval"),
     "extract-train": ("stages.extract", "extract-train"),
+    "extract-oracle": ("stages.extract", "extract-oracle"),
     "train-generator": ("stages.train_generator", None),
     "synthesize": ("stages.synthesize", None),
     "finetune": ("stages.finetune", None),
@@ -280,6 +287,8 @@ def _kind_of(stage: str) -> str | None:
     name = stage.split("@")[0]
     if name == "extract_eval":
         return "extract-eval"
+    if name.endswith("_oracle_extract"):
+        return "extract-oracle"
     for suffix, kind in (
         ("_extract", "extract-train"),
         ("_generator", "train-generator"),
@@ -461,7 +470,7 @@ def summary(result: dict[str, Any]) -> tuple[str, bool]:
     for i, k in enumerate(result["kills"], 1):
         taken = "none" if not k.violations else "; ".join(k.violations[:3])
         ok = ok and not k.violations
-        what = "ship process" if k.mode == "stage" else "dvc repro + children"
+        what = "stage process" if k.mode == "stage" else "dvc repro + children"
         left = ", ".join(k.leftovers) or "nothing"
         when = (
             f"{k.after_s:.2f} s after start ({k.fraction:.0%} of its run)"

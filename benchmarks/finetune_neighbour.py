@@ -10,11 +10,11 @@ epochs scaled by --epoch-scale (default 0.05, so the slowest layout beside a nei
 the full run) — the ratios do not depend on the scale, every epoch being the same work.
 
 Layouts, each in a fresh process (OpenMP reads its wait policy when it starts):
-  new         `finetune.workers: null` (one forked single-threaded process per method, up to the cores),
-              threads 1, OMP_WAIT_POLICY=PASSIVE (what `ship finetune` runs now)
+  default     `finetune.workers: null` (one forked single-threaded process per method, up to the cores),
+              threads 1, OMP_WAIT_POLICY=PASSIVE (what `ship finetune` runs by default)
   per-method  the same, but one process per method whatever the cores (7 here): not the default, measured to see
               what the cap at the core count costs beside a neighbour (the scheduler shares cores per thread)
-  old         one process, 2 torch threads, OpenMP's default wait policy (what `ship finetune` ran before)
+  2-thread    one process, 2 torch threads, OpenMP's default (spinning) wait policy
 each alone and beside a neighbour: a separate process multiplying 1024 x 1024 matrices in a loop with torch's
 default threads and OpenMP's default wait policy (a typical busy job), started before and stopped after the run.
 The fitted results (scores, curves, kept epochs) of every run are compared: identical for the same layout, and
@@ -22,14 +22,14 @@ the script says whether the two layouts agree too (they differ in thread count, 
 
     .venv/bin/python benchmarks/finetune_neighbour.py        # ~10-15 minutes on 2 cores
 
-Measured here, two runs (2 cores shared with other sessions' jobs, load 4-6, so "alone" is never quite alone):
-new 10.9 s alone, 21.4 s beside the neighbour (1.96x); 14.8 s / 20.5 s (1.38x). Old layout: 109.8 s / 240.5 s
-(2.19x), 124.4 s / 232.1 s (1.87x): 8-10x slower than the new one alone, and the new layout beside the neighbour
-takes 0.16-0.20x of the old one alone. One process per method: 10.7 / 22.0 s, 10.8 / 21.4 s (no gain: CoOp's fit is
-the critical path). The scheduler shares cores per thread, so a run using both cores gets half of them beside a
-2-thread neighbour: ~2x is what sharing costs, the rest was waiting (the old layout spent 76-108 CPU-s on 7 CPU-s
-of work). Results identical in every layout but the old one, whose curves differ by 1.4e-06 (its 2-thread
-reductions); scores and kept epochs identical there too.
+Measured, two runs of the command above on a 2-core x86-64 CPU VM shared with other jobs (load 4-6, so "alone" is
+never quite alone): default 10.9 s alone, 21.4 s beside the neighbour (1.96x); 14.8 s / 20.5 s (1.38x). 2-thread
+layout: 109.8 s / 240.5 s (2.19x), 124.4 s / 232.1 s (1.87x): 8-10x slower than the default alone, and the default
+beside the neighbour takes 0.16-0.20x of the 2-thread layout alone. One process per method: 10.7 / 22.0 s,
+10.8 / 21.4 s (no gain: CoOp's fit is the critical path). The scheduler shares cores per thread, so a run using both
+cores gets half of them beside a 2-thread neighbour: ~2x is what sharing costs, the rest was waiting (the 2-thread
+layout spent 76-108 CPU-s on 7 CPU-s of work). Results identical in every layout but the 2-thread one, whose curves
+differ by 1.4e-06 (its 2-thread reductions); scores and kept epochs identical there too.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "ship-demo-rn"
 LAYOUTS = {
-    "new": {"workers": None, "threads": 1, "omp_wait_policy": "PASSIVE"},
+    "default": {"workers": None, "threads": 1, "omp_wait_policy": "PASSIVE"},
     "per-method": {"workers": "methods", "threads": 1, "omp_wait_policy": "PASSIVE"},
-    "old": {"workers": 1, "threads": 2, "omp_wait_policy": None},
+    "2-thread": {"workers": 1, "threads": 2, "omp_wait_policy": None},
 }
 
 
@@ -222,26 +222,30 @@ def main(
         print(f"{layout}: with neighbour / alone = {busy['wall'] / alone['wall']:.2f}x")
         assert alone["results"] == busy["results"], f"{layout}: a neighbour changed the results"
     print(
-        f"old / new, alone: {runs['old, alone']['wall'] / runs['new, alone']['wall']:.2f}x; with neighbour: "
-        f"{runs['old, with neighbour']['wall'] / runs['new, with neighbour']['wall']:.2f}x; new with neighbour vs old"
-        f" alone: {runs['new, with neighbour']['wall'] / runs['old, alone']['wall']:.2f}x"
+        f"2-thread / default, alone: {runs['2-thread, alone']['wall'] / runs['default, alone']['wall']:.2f}x; with"
+        f" neighbour: {runs['2-thread, with neighbour']['wall'] / runs['default, with neighbour']['wall']:.2f}x;"
+        f" default with neighbour vs 2-thread alone:"
+        f" {runs['default, with neighbour']['wall'] / runs['2-thread, alone']['wall']:.2f}x"
     )
-    new, old = runs["new, alone"]["results"], runs["old, alone"]["results"]
-    assert new == runs["per-method, alone"]["results"], "the number of worker processes changed the results"
+    default, two = runs["default, alone"]["results"], runs["2-thread, alone"]["results"]
+    assert default == runs["per-method, alone"]["results"], "the number of worker processes changed the results"
     print("results identical with and without the neighbour in each layout, and for any number of processes (asserted)")
-    if new == old:
-        print("old layout (2 threads): identical results too")
+    if default == two:
+        print("2-thread layout: identical results too")
     else:
-        kept = all(new[m]["scores"] == old[m]["scores"] and new[m]["best_epoch"] == old[m]["best_epoch"] for m in new)
+        kept = all(
+            default[m]["scores"] == two[m]["scores"] and default[m]["best_epoch"] == two[m]["best_epoch"]
+            for m in default
+        )
         worst = max(
             abs(a[k] - b[k])
-            for m in new
-            for a, b in zip(new[m]["curve"], old[m]["curve"], strict=True)
+            for m in default
+            for a, b in zip(default[m]["curve"], two[m]["curve"], strict=True)
             for k in a
             if isinstance(a[k], float) and isinstance(b[k], float)
         )
         print(
-            f"old layout (2 threads): scores and kept epochs {'identical' if kept else 'DIFFERENT'}; curves differ by"
+            f"2-thread layout: scores and kept epochs {'identical' if kept else 'DIFFERENT'}; curves differ by"
             f" at most {worst:.1e} (float rounding of 2-thread vs 1-thread reductions)"
         )
 

@@ -1,9 +1,9 @@
 """Time CLIP's text tower on SHIP-generator-style prompts: full context vs truncated vs grouped by length.
 
 The reference code always runs the full 77-token context. The causal mask makes every position after a prompt's
-end-of-text (EOT) token irrelevant to the feature pooled there, so `TextTower` skips them: the previous version
-in one pass truncated at the batch's longest EOT; now prompts run in groups of similar length, each truncated to
-its own longest EOT (`plan_groups` picks the groups from a per-pass overhead, `GROUP_OVERHEAD_TOKENS`).
+end-of-text (EOT) token irrelevant to the feature pooled there, so `TextTower` skips them: prompts run in groups of
+similar length, each truncated to its own longest EOT (`plan_groups` picks the groups from a per-pass overhead,
+`GROUP_OVERHEAD_TOKENS`). Timed against the full context and against one pass truncated at the batch's longest EOT.
 
 The batch is a SHIP generator step: `batch` prompts "[p1+r .. p4+r] {name}." with a per-prompt context (so no
 shared prefix), class names drawn from 100 ImageNet classes, forward + backward to the context. Also measured:

@@ -357,7 +357,7 @@ def _entries(records: list[ImageRecord], image_dir: Path) -> list[tuple[str, int
 
 
 def test_protocol_draw_equals_coops(tmp_path: Path, global_random: None) -> None:
-    """Issue 8's "done when": our train and val picks are CoOp's, same images in the same order."""
+    """Our few-shot train and val picks are CoOp's: the same images in the same order."""
     split = write_protocol_split_file(tmp_path)
     assert [e[1] for e in split["train"][:5]] == [2, 0, 4, 3, 1]  # labels first appear out of order
     dataset = _load(DatasetSpec(kind="coop", name="oxford_pets", root=str(tmp_path)))

@@ -60,4 +60,6 @@ def test_kill_9_at_any_stage_recovers_identical_outputs(tmp_path):
     text, ok = summary(result)
     print(text)
     assert ok, text
-    assert all(k.outcome == "killed" for k in result["kills"]), text
+    # A stage that finished before its kill is forced to run again and killed earlier ("killed (attempt n)"): the
+    # uninterrupted run's stage times, which place the kills, move with the machine's load.
+    assert all(k.outcome.startswith("killed") for k in result["kills"]), text

@@ -1,6 +1,6 @@
-"""Issue 11's "Why", case by case through the `ship` CLI on a tiny world: every failure a user can cause is one
-`error:` line naming what to fix, exit 1 (2 for params), no traceback (`--debug` / SHIP_DEBUG=1 show it); outputs
-are replaced whole, with nothing stray left beside them. Damaged stores: tests/test_store_integrity.py."""
+"""User errors, case by case through the `ship` CLI on a tiny world: every failure a user can cause is one `error:`
+line naming what to fix, exit 1 (2 for params), no traceback (`--debug` / SHIP_DEBUG=1 show it); outputs are
+replaced whole, with nothing stray left beside them. Damaged stores: tests/test_store_integrity.py."""
 
 from __future__ import annotations
 

@@ -214,8 +214,8 @@ TEMPLATE = "exactly one '{}' (the class name) and no other braces"
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        # A list whose only item fails used to get a second line, "Tuple should have at least 1 item after
-        # validation, not 0"; range errors used to give one bound of the range.
+        # A list whose only item fails gets one line (not also "Tuple should have at least 1 item after
+        # validation, not 0"); a range error names both bounds of the range.
         ("extract.templates=['a photo']", f"extract.templates.0: a template must contain {TEMPLATE} (got 'a photo')"),
         (
             "extract.templates=['a {} {}']",

@@ -1,7 +1,7 @@
-"""Store integrity (issue 11, items 1, 4, 5): a completed store records every file it holds; a deleted, truncated or
-altered file is refused by every stage that reads the store, with one line naming the store and the stage that
-rebuilds it; `ship verify` lists every problem; a store's bytes do not depend on where the repository lives; two
-writers of one store never interleave; a torn progress file never blocks a rerun."""
+"""Store integrity: a completed store records every file it holds; a deleted, truncated or altered file is refused
+by every stage that reads the store, with one line naming the store and the stage that rebuilds it; `ship verify`
+lists every problem; a store's bytes do not depend on where the repository lives; two writers of one store never
+interleave; a torn progress file never blocks a rerun."""
 
 from __future__ import annotations
 

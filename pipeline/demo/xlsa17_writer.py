@@ -21,7 +21,8 @@ ATT_SPLITS_FILE = "att_splits.mat"
 RES101_FILE = "res101.mat"
 
 # The MAT-file header text scipy writes embeds the time of writing; the writer puts this fixed text there instead.
-# It names the module the writer used to live in: changing it would change every file written (the demo world's).
+# It names pipeline.datasets.xlsa17, not this module, and stays fixed: changing it would change every file written
+# (the demo world's included).
 MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by pipeline.datasets.xlsa17 (xlsa17 proposed-splits layout)"
 MAT_HEADER_TEXT_BYTES = 116  # the descriptive-text field of the 128-byte MAT 5 file header
 
