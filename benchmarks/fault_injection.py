@@ -2,22 +2,22 @@
 output compared with an uninterrupted run.
 
 Two copies of the repository's code (tracked and untracked, not ignored) go into a temporary directory, each with a
-tiny world in data/demo/world (tests/tiny_world.py: two split-file datasets and an xlsa17 one, seed 1 only, with
-the manifest.json that `pipeline.demo.world.write_manifest` writes, which every extract stage depends on) and a
-tiny open_clip checkpoint in data/demo/backbone (in place of the shipped demo weights); the demo_world stage is
-dropped from their dvc.yaml (the world is given). Copy R runs `dvc repro` once, uninterrupted, timing each stage's
-process. In copy F, for each stage kind in DAG order (extract-eval, extract-train, extract-oracle, train-generator,
-synthesize, finetune, report), a stage of that kind is drawn and `dvc repro <stage>` runs; the stage's process (`python -m
-stages.<module> ...`) is killed with SIGKILL either anywhere (after a random 40-100% of its run time in R) or while
-it writes its outputs (a random 0-1 s after a partial store, temporary or lock of it appears; in F every rename and
-file write of a stage process is slowed by 0.25 s, through a sitecustomize.py, so these windows are wide enough to
-hit). What is killed alternates: the stage's own process, or the whole `dvc repro` process group (DVC killed too).
-A stage that finishes first is forced to run again (`dvc repro -f -s <stage>`) and killed earlier. After each kill,
-what was left half-done is listed, and no output may be taken as complete unless it is (every *.zarr verifies,
-every checkpoint loads, every JSON parses). Then `dvc repro` runs to the end and `dvc status` must be clean;
-finally every output of F is compared with R's: stores by arrays, metadata and bytes, checkpoints by their tensors
-(torch.save writes a random id into the file), JSON/CSV/Markdown by bytes; no file may exist in one copy only (no
-stray .partial, .tmp-*, .old-*, .lock).
+tiny world in data/demo/world (tests/tiny_world.py: two split-file datasets and an xlsa17 one, seed 1 only, with the
+manifest.json that `pipeline.demo.world.write_manifest` writes, which every extract stage depends on) and a tiny
+open_clip checkpoint in data/demo/backbone (in place of the shipped demo weights); the demo_world stage is dropped
+from their dvc.yaml (the world is given). Copy R runs `dvc repro` once, uninterrupted, timing each stage's process.
+In copy F, for each stage kind in DAG order (extract-eval, extract-train, extract-oracle, train-generator,
+synthesize, finetune, report), a stage of that kind is drawn and `dvc repro <stage>` runs; the stage's process
+(`python -m stages.<module> ...`) is killed with SIGKILL either anywhere (after a random 40-100% of its run time in
+R) or while it writes its outputs (a random 0-1 s after a partial store, temporary or lock of it appears; in F every
+rename and file write of a stage process is slowed by 0.25 s, through a sitecustomize.py, so these windows are wide
+enough to hit). What is killed alternates: the stage's own process, or the whole `dvc repro` process group (DVC
+killed too). A stage that finishes first is forced to run again (`dvc repro -f -s <stage>`) and killed earlier.
+After each kill, what was left half-done is listed, and no output may be taken as complete unless it is (every
+*.zarr verifies, every checkpoint loads, every JSON parses). Then `dvc repro` runs to the end and `dvc status` must
+be clean; finally every output of F is compared with R's: stores by arrays, metadata and bytes, checkpoints by their
+tensors (torch.save writes a random id into the file), JSON/CSV/Markdown by bytes; no file may exist in one copy
+only (no stray .partial, .tmp-*, .old-*, .lock).
 
     PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py            # every protocol
     PYTHONPATH=. .venv/bin/python benchmarks/fault_injection.py --short    # base-to-new, one dataset
