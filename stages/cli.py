@@ -203,7 +203,8 @@ def pretrain_demo(
         Path | None,
         typer.Option(
             help="with --from-checkpoint: JSON with the figures of the run that trained it (a provenance.json, or "
-            "the metrics file of the former demo_backbone stage): steps, loss, timings"
+            "the metrics file of the former demo_backbone stage): steps, loss, timings (CPU and versions: where the "
+            "file does not record them, this machine's)"
         ),
     ] = None,
     debug: Debug = False,
