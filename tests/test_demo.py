@@ -332,7 +332,11 @@ def test_pretrain_demo_writes_weights_and_provenance_and_re_exports_them_identic
     exported = make_demo_weights(params, again, from_checkpoint=shipped, training_figures=out / weights.PROVENANCE_FILE)
     assert (again / weights.WEIGHTS_FILE).read_bytes() == shipped.read_bytes()
     assert exported["weights"] == provenance["weights"] and exported["quality"] == provenance["quality"]
-    assert exported["training"]["steps"] == provenance["training"]["steps"]
+    assert exported["training"] == {
+        **provenance["training"],
+        "source": "exported with --from-checkpoint " + shipped.name,
+    }
+    assert provenance["training"]["trained_by"] == "ship pretrain-demo"
 
     other = load_params(Path(__file__).resolve().parents[1] / "params.yaml", [*overrides, "demo.backbone.seed=1"])
     with pytest.raises(weights.PretrainError, match="trained with recipe"):

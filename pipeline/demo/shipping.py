@@ -35,13 +35,19 @@ from pipeline.presets import load_preset
 log = logging.getLogger(__name__)
 
 TRAINING_KEYS = (
+    "trained_by",
     "steps",
     "final_loss",
     "train_seconds",
     "train_cpu_seconds",
     "images_per_second",
+    "logit_scale",
     "torch_threads",
+    "cpu",
+    "torch",
+    "open_clip",
 )
+TRAINED_HERE = "ship pretrain-demo"
 
 
 def _rounded(value: Any) -> Any:
@@ -58,8 +64,11 @@ def _training_figures(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     data = json.loads(Path(path).read_text())
-    figures = data.get("training") or data.get("demo_backbone")
-    if not isinstance(figures, dict):
+    if isinstance(data.get("training"), dict):
+        figures = data["training"]
+    elif isinstance(data.get("demo_backbone"), dict):
+        figures = {"trained_by": "ship demo-backbone (an earlier pre-training command)", **data["demo_backbone"]}
+    else:
         raise PretrainError(f"{path} holds no training figures (no 'training' or 'demo_backbone' section)")
     return {k: figures[k] for k in TRAINING_KEYS if k in figures}
 
@@ -86,7 +95,7 @@ def make_demo_weights(
         if from_checkpoint is None:
             model, figures = train_backbone(recipe, world_dir)
             state = model.state_dict()
-            training: dict[str, Any] = {"source": "trained by this command", **figures}
+            training: dict[str, Any] = {"source": "trained", "trained_by": TRAINED_HERE, **figures}
         else:
             state, trained_with = read_weights(from_checkpoint)
             if trained_with != recipe.model_dump():
@@ -97,7 +106,13 @@ def make_demo_weights(
             log.info("exporting %s (trained with this recipe) instead of training", from_checkpoint)
             training = {"source": f"exported with --from-checkpoint {Path(from_checkpoint).name}"}
             training.update(_training_figures(training_figures))
-        training.update({"cpu": weights.cpu_model(), "torch": torch.__version__, "open_clip": open_clip.__version__})
+        # Where the training figures do not say (a fresh run, or an old metrics file): this machine's.
+        for key, value in (
+            ("cpu", weights.cpu_model()),
+            ("torch", torch.__version__),
+            ("open_clip", open_clip.__version__),
+        ):
+            training.setdefault(key, value)
 
         staged = scratch / "backbone"
         path = staged / weights.WEIGHTS_FILE
