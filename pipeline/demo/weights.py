@@ -48,6 +48,9 @@ PROVENANCE_FILE = "provenance.json"
 PRETRAINING_CODE: tuple[str, ...] = (
     "pipeline/demo/pretrain.py",
     "pipeline/demo/world.py",
+    "pipeline/demo/catalogue.py",
+    "pipeline/demo/render.py",
+    "pipeline/demo/captions.py",
     "pipeline/text_tower.py",
     f"pipeline/model_configs/{DEMO_MODEL}.json",
 )
