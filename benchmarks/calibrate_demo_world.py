@@ -55,7 +55,7 @@ from pipeline.finetune import fit_method  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from pipeline.params import Params, parse_params  # noqa: E402
 from pipeline.tasks import base_to_new_task  # noqa: E402
-from stages.extract import run_eval, run_train  # noqa: E402
+from stages import extract_eval, extract_train  # noqa: E402
 
 log = logging.getLogger("calibrate")
 DATASETS = ("shapes", "patterns")
@@ -107,8 +107,8 @@ def run_world(workdir: Path, seed: int, shift: float, new_classes: str, backbone
     t_world = time.perf_counter()
     layout = Layout(root)
     for dataset in DATASETS:
-        run_eval(params["val"], dataset, layout)
-        run_train(params["val"], "base_to_new", dataset, REPLICATE_SEED, layout)
+        extract_eval.run(params["val"], dataset, layout)
+        extract_train.run(params["val"], "base_to_new", dataset, REPLICATE_SEED, layout)
     t_extract = time.perf_counter()
     bb = load_backbone(params["val"].backbone)
     identity = bb.identity()

@@ -32,18 +32,18 @@ RUNNING = re.compile(r"Running stage '([^']+)'")
 # What a stage of each kind imports before it does any work (its heaviest library modules).
 FLOOR_IMPORTS = {
     "demo_world": "stages.demo_world, pipeline.demo.world",
-    "extract": "stages.extract, pipeline.extract, pipeline.backbone, pipeline.extraction_plans",
+    "extract": "stages.extract_train, pipeline.extract, pipeline.backbone, pipeline.extraction_plans",
     "generator": "stages.train_generator, pipeline.generator_training, pipeline.backbone",
-    "synthesize": "stages.synthesize, pipeline.synthesis, pipeline.backbone",
+    "synthesize": "stages.synthesize, pipeline.synthesize_seed",
     "finetune": "stages.finetune, pipeline.finetune_seed",
-    "report": "stages.report, pipeline.report",
+    "report": "stages.report, pipeline.publish",
 }
 
 
 def stage_kind(stage: str) -> str:
     name = stage.split("@")[0]
     for kind in ("extract", "generator", "synthesize", "finetune", "source"):
-        if name.endswith(kind):
+        if kind in name:
             return {"source": "finetune"}.get(kind, kind)
     return name
 

@@ -174,9 +174,9 @@ def make_repo(dest: Path, short: bool, demo_stages: bool = False, slow_writes: b
 
 # Stage kind -> how dvc.yaml's commands start it: `python -m stages.<module> [<command>]`.
 _KIND_COMMANDS = {
-    "extract-eval": ("stages.extract", "extract-eval"),
-    "extract-train": ("stages.extract", "extract-train"),
-    "extract-oracle": ("stages.extract", "extract-oracle"),
+    "extract-eval": ("stages.extract_eval", None),
+    "extract-train": ("stages.extract_train", None),
+    "extract-oracle": ("stages.extract_oracle", None),
     "train-generator": ("stages.train_generator", None),
     "synthesize": ("stages.synthesize", None),
     "finetune": ("stages.finetune", None),

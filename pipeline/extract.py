@@ -29,13 +29,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from pipeline.backbone import Backbone
+from pipeline.backbone import Backbone, load_backbone
 from pipeline.datasets.records import ImageRecord
 from pipeline.errors import ExpectedError
 from pipeline.extraction_plans import ExtractionPlan, SplitPlan
 from pipeline.feature_store import StoreBuilder, StoreError
-from pipeline.params import ExtractParams
-from pipeline.ranks import Ranks
+from pipeline.params import BackboneParams, ExtractParams
+from pipeline.ranks import Ranks, rank_context
 
 log = logging.getLogger(__name__)
 
@@ -366,3 +366,13 @@ def _finalize(plan: ExtractionPlan, backbone: Backbone, params: ExtractParams, b
         "counts": {s.name: len(s.records) for s in plan.splits},
     }
     return builder.finalize(meta)
+
+
+def encode_store(
+    backbone_params: BackboneParams, plan_of: Callable[[], ExtractionPlan], store: Path, settings: ExtractParams
+) -> None:
+    """One extract stage: join the job this process is a rank of (or a job of one), load the backbone on this rank's
+    device (first, so unusable weights fail within seconds), then encode `plan_of()` into `store`."""
+    with rank_context(backbone_params.device) as (ranks, device):
+        backbone = load_backbone(backbone_params, device)
+        extract_features(plan_of(), backbone, settings, store, progress=ranks.main, ranks=ranks)

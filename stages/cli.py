@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 
 from pipeline.params import ParamsError
-from stages import demo_world, extract, finetune, pretrain_demo, report, synthesize, train_generator
+from stages import (
+    demo_world,
+    extract_eval,
+    extract_oracle,
+    extract_train,
+    finetune,
+    pretrain_demo,
+    report,
+    synthesize,
+    train_generator,
+)
 from stages.command import Debug, Overrides, ParamsPath, ProtocolName, debugging, load, new_app, register
 
 __all__ = ["ProtocolName", "app"]
@@ -23,9 +33,9 @@ app = new_app(
 
 for command in (
     demo_world.demo_world,
-    extract.extract_eval,
-    extract.extract_train,
-    extract.extract_oracle,
+    extract_eval.extract_eval,
+    extract_train.extract_train,
+    extract_oracle.extract_oracle,
     train_generator.train_generator,
     synthesize.synthesize,
     finetune.finetune,
