@@ -87,7 +87,7 @@ def test_repro_runs_every_family_then_skips_and_adds_only_what_changed(repo: Pat
     expected = {"demo_world", "report"}  # the demo CLIP is shipped, not trained
     expected |= {f"extract_eval@{d}" for d in params["datasets"]}
     for d in params["base_to_new"]["datasets"]:
-        expected |= {f"b2n_{s}@{d}-1" for s in ("extract", "generator", "synthesize", "finetune")}
+        expected |= {f"b2n_{s}@{d}-1" for s in ("extract", "oracle_extract", "generator", "synthesize", "finetune")}
     for s in params["cross_dataset"]["sources"]:
         expected |= {f"xd_{k}@{s}-1" for k in ("extract", "generator", "source")}
         expected |= {
@@ -141,7 +141,11 @@ def test_repro_runs_every_family_then_skips_and_adds_only_what_changed(repo: Pat
     params["base_to_new"]["datasets"].append("again")
     _write(repo, params)
     added = _ran(_run(["dvc", "repro"], repo))
-    new = {f"b2n_{k}@again-{s}" for k in ("extract", "generator", "synthesize", "finetune") for s in (1, 2)}
+    new = {
+        f"b2n_{k}@again-{s}"
+        for k in ("extract", "oracle_extract", "generator", "synthesize", "finetune")
+        for s in (1, 2)
+    }
     assert added == {"extract_eval@again", "report"} | new
 
     # Dropping the cross-dataset and GZSL families leaves base-to-new alone: only the report reruns.
